@@ -1,0 +1,185 @@
+"""Load and save HF-style checkpoint directories (config.json + single or sharded safetensors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import ConfigError, ModelConfig
+from .fsutil import atomic_directory, atomic_write_text
+from .model import RecurrentDepthLM
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+IGNORED_TENSORS = {"freqs_cis"}  # the published RoPE table; recomputed in float32
+SIDE_FILES = ("tokenizer*.json", "special_tokens_map.json", "generation_config.json", "*.md", "*.txt")
+BUNDLED = Path(__file__).parent / "assets"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that does not hold a loadable huginn-family model."""
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """Map a directory, the bundled name 'default', or a hub id ('org/name') to a local directory."""
+    name = str(name_or_path)
+    bundled = BUNDLED / name
+    if name == "default" or (bundled / "config.json").is_file():
+        if not (bundled / "config.json").is_file():
+            raise CheckpointError(f"the bundled model {name!r} is not installed ({bundled} is missing)")
+        return bundled
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file; pass the checkpoint directory that holds config.json")
+        return path
+    parts = name.split("/")
+    if len(parts) == 2 and all(parts) and not name.startswith((".", "~")):
+        return _download(name)
+    raise CheckpointError(f"no such model directory: {path} (pass a checkpoint directory, 'default', or a hub id)")
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{repo_id!r} is not a local directory; to fetch it from the Hugging Face hub, "
+            "install the hub extra: pip install 'latentloop[hub]'"
+        ) from None
+    try:
+        local = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+    except Exception as err:  # network, auth, missing repo: report them the same way
+        raise CheckpointError(f"could not fetch {repo_id!r} from the hub: {err}") from err
+    return Path(local)
+
+
+def load_config(directory: str | Path) -> ModelConfig:
+    directory = resolve_model_dir(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no config.json; is it a checkpoint directory?")
+    try:
+        return ModelConfig.from_json_file(path)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [directory / f for f in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise CheckpointError(f"{index} names shard(s) that are missing: {absent}")
+        return files
+    single = directory / WEIGHTS_NAME
+    if single.is_file():
+        return [single]
+    raise CheckpointError(f"{directory} has neither {WEIGHTS_NAME} nor {INDEX_NAME}")
+
+
+def load_model(
+    name_or_path: str | Path,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+) -> RecurrentDepthLM:
+    """Load a huginn-family checkpoint: a directory, 'default' (bundled), or a hub id.
+
+    `dtype=None` keeps the stored dtype; `device=None` loads to CPU.
+    """
+    directory = resolve_model_dir(name_or_path)
+    config = load_config(directory)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    device = torch.device(device or "cpu")
+
+    with torch.device("meta"):
+        model = RecurrentDepthLM(config)
+    expected = {k: v for k, v in model.state_dict().items()}
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight")
+
+    tensors: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    for file in _weight_files(directory):
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if name in IGNORED_TENSORS or (name == "lm_head.weight" and config.tie_embeddings):
+                    if name == "lm_head.weight":
+                        tensors[name] = f.get_tensor(name)
+                    continue
+                if name not in expected:
+                    unexpected.append(name)
+                    continue
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != tuple(expected[name].shape):
+                    mismatched.append(f"{name}: checkpoint {shape} vs model {tuple(expected[name].shape)}")
+                    continue
+                tensors[name] = f.get_tensor(name)
+    missing = sorted(set(expected) - set(tensors))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {sorted(unexpected)}")
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if problems:
+        raise CheckpointError(f"{directory} does not match its config.json: " + " | ".join(problems))
+
+    duplicate_head = tensors.pop("lm_head.weight", None)
+    if duplicate_head is not None and not torch.equal(duplicate_head, tensors["transformer.wte.weight"]):
+        raise CheckpointError(
+            f"{directory}: tie_embeddings is true but lm_head.weight differs from transformer.wte.weight; "
+            "set tie_embeddings to false in config.json to load separate weights"
+        )
+    stored_dtype = tensors["transformer.wte.weight"].dtype
+    target_dtype = dtype or stored_dtype
+    tensors = {k: v.to(device=device, dtype=target_dtype) for k, v in tensors.items()}
+    model.load_state_dict(tensors, strict=False, assign=True)
+    model.tie_weights()
+    return model.eval()
+
+
+def save_model(model: RecurrentDepthLM, directory: str | Path, max_shard_bytes: int | None = None) -> None:
+    """Write `directory` in the published format; a tokenizer already there is kept. Atomic."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")
+    config = model.config.to_hf_dict() | {"torch_dtype": str(model.dtype).removeprefix("torch.")}
+    with atomic_directory(directory, keep=SIDE_FILES) as tmp:
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
+        shards = _shard(state, max_shard_bytes)
+        if len(shards) == 1:
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            return
+        weight_map = {}
+        for i, shard in enumerate(shards, start=1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        atomic_write_text(tmp / INDEX_NAME, json.dumps(index, indent=2) + "\n")
+
+
+def _shard(state: dict[str, torch.Tensor], max_bytes: int | None) -> list[dict[str, torch.Tensor]]:
+    if not max_bytes:
+        return [state]
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards

@@ -245,13 +245,14 @@ class RecurrentDepthLM(nn.Module):
     def split_steps(self, num_steps: NumSteps) -> tuple[int, int]:
         if num_steps is None:
             num_steps = self.config.mean_recurrence
-        pair = (0, num_steps) if isinstance(num_steps, int) else tuple(num_steps)
-        if len(pair) != 2 or any(not isinstance(n, int) or n < 0 for n in pair) or sum(pair) < 1:
+        pair = (0, num_steps) if isinstance(num_steps, int) else num_steps
+        valid = isinstance(pair, tuple | list) and len(pair) == 2
+        if not valid or any(not isinstance(n, int) or n < 0 for n in pair) or sum(pair) < 1:
             raise ValueError(
                 f"num_steps must be a positive int or a pair (steps_without_grad, steps_with_grad) of "
                 f"non-negative ints with a positive sum; got {num_steps!r}"
             )
-        return pair  # type: ignore[return-value]
+        return int(pair[0]), int(pair[1])
 
     def decode(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
         """Final state -> (latent, float32 logits): ln_f, coda, ln_f again, head."""

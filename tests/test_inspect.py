@@ -1,0 +1,142 @@
+"""Latent-space inspection: trajectories in one pass, the class heuristic, path independence, the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from latentloop import RecurrentDepthLM, get_preset, load_model
+from latentloop.analysis import (
+    classify_trajectory,
+    collect_trajectories,
+    fit_pca,
+    inspect_sequence,
+    path_independence,
+)
+from latentloop.analysis.report import FIGURES
+from latentloop.cli import main
+
+
+@pytest.fixture(scope="module")
+def model() -> RecurrentDepthLM:
+    m = RecurrentDepthLM(get_preset("tiny"))
+    m.init_weights(torch.Generator().manual_seed(0))
+    return m.eval()
+
+
+def synthetic(kind: str, steps: int = 32, dim: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=dim) * 3
+    t = np.arange(steps)[:, None]
+    u, v = np.eye(dim)[0], np.eye(dim)[1]
+    if kind == "constant":
+        return base + 1e-5 * rng.normal(size=(steps, dim))
+    if kind == "circle":  # period 8: the tail covers two full turns
+        return base + 2.0 * (np.cos(2 * np.pi * t / 8) * u + np.sin(2 * np.pi * t / 8) * v)
+    return base + 0.3 * t * (u + v) / np.sqrt(2)  # a line
+
+
+@pytest.mark.parametrize(("kind", "label"), [("constant", "fixed point"), ("circle", "orbit"), ("line", "slider")])
+def test_heuristic_labels_synthetic_trajectories(kind, label):
+    assert classify_trajectory(synthetic(kind)).label == label
+
+
+def test_heuristic_thresholds_decide():
+    line = synthetic("line")
+    result = classify_trajectory(line)
+    assert result.straightness == pytest.approx(1.0)
+    # a threshold above the line's relative step turns the same trajectory into a fixed point
+    assert classify_trajectory(line, fixed_max_step=result.step * 1.01).label == "fixed point"
+    # a converging spiral ends as a fixed point even though it turned early on
+    t = np.arange(64)[:, None]
+    spiral = 5 + np.exp(-t / 4) * np.hstack([np.cos(t), np.sin(t), np.zeros((64, 2))])
+    assert classify_trajectory(spiral).label == "fixed point"
+    with pytest.raises(ValueError, match="iterations >= 4"):
+        classify_trajectory(np.zeros((3, 4)))
+
+
+def test_trajectories_match_separate_forwards(model):
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
+    traj = collect_trajectories(model, ids, num_steps=6, init_scale=0.0)
+    assert traj.latents.shape == (6, 9, 64) and traj.top_ids.shape == (6, 9)
+    for r in (1, 3, 6):
+        out = model(ids, num_steps=r, init_scale=0.0)
+        np.testing.assert_allclose(traj.latents[r - 1], out.latent[0].detach().numpy(), atol=1e-5)
+        assert (traj.top_ids[r - 1] == out.logits[0].argmax(-1).numpy()).all()
+    assert np.allclose(traj.distance_to_final()[:, -1], 0)
+    assert ((traj.exit_steps >= 1) & (traj.exit_steps <= 6)).all()
+
+
+def test_exit_step_is_first_small_kl(model):
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(2))
+    steps, threshold = 12, 1e-3
+    traj = collect_trajectories(model, ids, num_steps=steps, init_scale=0.0, exit_threshold=threshold)
+    uniform = torch.full((5, 256), -np.log(256.0))  # p_0
+    logp = [uniform] + [torch.log_softmax(model(ids, num_steps=r, init_scale=0.0).logits[0].detach(), -1)
+                        for r in range(1, steps + 1)]
+    for s in range(5):
+        kl = [float((logp[t - 1][s].exp() * (logp[t - 1][s] - logp[t][s])).sum()) for t in range(1, steps + 1)]
+        expected = next((t for t in range(1, steps + 1) if kl[t - 1] < threshold), steps)
+        assert traj.exit_steps[s] == expected
+    assert traj.exit_steps.min() < steps  # the case exercises an early exit
+
+
+def test_pca_recovers_a_plane():
+    rng = np.random.default_rng(0)
+    plane = rng.normal(size=(200, 2)) @ rng.normal(size=(2, 10)) + 4.0
+    pca = fit_pca(plane, 4)
+    assert pca.explained_variance_ratio[:2].sum() == pytest.approx(1.0, abs=1e-9)
+    restored = pca.transform(plane)[:, :2] @ pca.components[:2] + pca.mean
+    np.testing.assert_allclose(restored, plane, atol=1e-8)
+
+
+def test_path_independence_shrinks_and_agrees_with_forward(model):
+    ids = torch.randint(0, 256, (6,), generator=torch.Generator().manual_seed(3))
+    result = path_independence(model, ids, num_steps=24, num_samples=4)
+    spread = result.spread_by_step.mean(1)
+    assert spread[-1] < 0.25 * spread[0]  # random starts converge toward one another
+    assert (result.distribution_spread >= 0).all()
+    assert ((result.top1_agreement > 0) & (result.top1_agreement <= 1)).all()
+    # identical starts (a tiny scale) leave no spread between them
+    same = path_independence(model, ids, num_steps=4, num_samples=3, init_scale=1e-9)
+    assert same.latent_spread.max() < 1e-5 and same.top1_agreement.min() == 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        path_independence(model, ids, num_steps=4, num_samples=1)
+
+
+def test_inspect_cli_writes_report_with_all_figures(tiny_model_dir, tmp_path):
+    out = tmp_path / "report"
+    assert main(["inspect", str(tiny_model_dir), "To be, or not to be", "--steps", "8", "--samples", "3",
+                 "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    for name in FIGURES:
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"src='{name}.png'" in html
+    summary = json.loads((out / "summary.json").read_text())
+    data = np.load(out / "data.npz")
+    assert data["latents"].shape[:2] == (8, summary["num_tokens"])
+    assert sum(summary["class_counts"].values()) == summary["num_tokens"]
+    assert {t["label"] for t in summary["tokens"]} <= {"fixed point", "orbit", "slider"}
+    assert "<script" not in html and "http" not in html  # self-contained
+
+
+def test_inspect_matches_python_api(tiny_model_dir):
+    from latentloop.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    ids = tok.encode("once more")
+    result = inspect_sequence(load_model(tiny_model_dir), ids, num_steps=5, num_samples=2)
+    assert result.projected.shape == (5, len(ids), 6) and len(result.classes) == len(ids)
+
+
+def test_inspect_cli_bad_input(tiny_model_dir, tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing"), "hi", "--out", str(tmp_path / "o")]) == 2
+    assert "no such model directory" in capsys.readouterr().err
+    assert main(["inspect", str(tiny_model_dir), "hi", "--steps", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "--steps must be >= 4" in capsys.readouterr().err
+    assert main(["inspect", str(tiny_model_dir), "", "--out", str(tmp_path / "o")]) == 2
+    assert "empty" in capsys.readouterr().err

@@ -1,0 +1,136 @@
+"""A preallocated KV cache for recurrent-depth decoding.
+
+Every prelude and coda layer has one slot; every core layer has one slot per iteration, or a ring of
+`kv_budget` slots (iteration i uses slot i mod k). Columns are token positions of the (left-padded)
+batch; `valid` marks real tokens, so pads are never attended and rotary positions skip them.
+
+Adaptive exits leave later iterations of a token unwritten. `commit` fills those ring slots with the
+token's last computed iteration, so a later token at iteration i reads, for each past token, the
+latest iteration that token computed (spec section 4). The per-token work is a fixed number of
+tensor ops, independent of the sequence length.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import ModelConfig
+
+
+class KVCache:
+    """K/V of every (layer, iteration slot) for every position: the model calls `attend`."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_length: int,
+        num_steps: int,
+        kv_budget: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if kv_budget is not None and (not isinstance(kv_budget, int) or kv_budget < 1):
+            raise ValueError(f"kv_budget must be a positive number of iterations (or None for all); got {kv_budget!r}")
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if max_length > config.context_length:
+            raise ValueError(
+                f"prompt plus new tokens need {max_length} positions but the model's context length is "
+                f"{config.context_length}; shorten the prompt or lower max_new_tokens"
+            )
+        self.config = config
+        self.core_slots = num_steps if kv_budget is None else min(kv_budget, num_steps)
+        self.core_begin = config.n_prelude
+        self.coda_begin = config.n_prelude + config.n_core * self.core_slots
+        n_slots = self.coda_begin + config.n_coda
+        shape = (n_slots, 2, batch_size, config.num_heads, max_length, config.head_dim)
+        self.kv = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
+        self.iterations = torch.zeros(batch_size, max_length, dtype=torch.int32, device=device)
+        self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.length = 0  # columns holding committed tokens
+        self.active: Tensor | None = None  # rows allowed to write (the rest exited early); None = all
+        self.padded = False
+        self._end = 0
+        self._mask: Tensor | None = None
+
+    @property
+    def max_length(self) -> int:
+        return self.kv.shape[-2]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the K/V tensors (the part that grows with iterations and length)."""
+        return self.kv.numel() * self.kv.element_size()
+
+    def slot(self, layer: int, step: int) -> int:
+        """Slot index of global block `layer` at iteration `step` (prelude, core ring, coda)."""
+        core_layer = layer - self.core_begin
+        if core_layer < 0:
+            return layer
+        if core_layer < self.config.n_core:
+            return self.core_begin + core_layer * self.core_slots + step % self.core_slots
+        return self.coda_begin + core_layer - self.config.n_core
+
+    def begin(self, valid: Tensor | None, new_tokens: int) -> Tensor:
+        """Open columns [length, length + new_tokens) for one forward; returns their positions [B, S]."""
+        start, end = self.length, self.length + new_tokens
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {end} requested")
+        batch = self.valid.shape[0]
+        if valid is None:
+            valid = torch.ones(batch, new_tokens, dtype=torch.bool, device=self.valid.device)
+        else:
+            self.padded = self.padded or not bool(valid.all())
+        self.valid[:, start:end] = valid
+        positions = self.next_position[:, None] + (valid.long().cumsum(-1) - 1).clamp(min=0)
+        self.next_position += valid.sum(-1)
+        self._end = end
+        self._mask = self._attention_mask(start, end) if (self.padded or new_tokens > 1) else None
+        return positions
+
+    def _attention_mask(self, start: int, end: int) -> Tensor:
+        """[B, 1, S, end] bool: causal over real tokens; a pad attends only to itself (no empty rows)."""
+        query = torch.arange(start, end, device=self.valid.device)[:, None]
+        key = torch.arange(end, device=self.valid.device)[None, :]
+        allowed = (key <= query) & self.valid[:, None, :end]
+        return (allowed | (key == query)).unsqueeze(1)
+
+    def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Write this call's K/V into the layer's slot, then attend over every column so far."""
+        keys, values = self.kv[self.slot(layer, step)]
+        start, end = self._end - q.shape[2], self._end
+        if self.active is None:
+            keys[:, :, start:end] = k
+            values[:, :, start:end] = v
+        else:  # rows that already exited keep the K/V of their last iteration
+            keep = self.active[:, None, None, None]
+            keys[:, :, start:end] = torch.where(keep, k, keys[:, :, start:end])
+            values[:, :, start:end] = torch.where(keep, v, values[:, :, start:end])
+        return F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=self._mask)
+
+    def commit(self, iterations: Tensor | int) -> None:
+        """Close the open columns; `iterations` [B] (or one int) is how many iterations each row ran."""
+        start, end = self.length, self._end
+        self.iterations[:, start:end] = torch.as_tensor(iterations, device=self.valid.device).view(-1, 1)
+        if not isinstance(iterations, int) and self.core_slots > 1:
+            self._fill_unwritten(start, end, iterations)
+        self.length = end
+
+    def _fill_unwritten(self, start: int, end: int, iterations: Tensor) -> None:
+        """Ring slots a row never wrote (it exited early) get that row's last computed iteration."""
+        c = self.config
+        core = self.kv[self.core_begin : self.coda_begin].unflatten(0, (c.n_core, self.core_slots))
+        core = core[..., start:end, :]  # [n_core, slots, 2, B, H, S, D]
+        slots = torch.arange(self.core_slots, device=iterations.device)[:, None]
+        source = torch.minimum(slots, (iterations.to(slots.device) - 1)[None, :])  # [slots, B]
+        index = source.view(1, self.core_slots, 1, -1, 1, 1, 1).expand_as(core)
+        core.copy_(core.gather(1, index))
+
+    def rewind(self, length: int) -> None:
+        """Forget columns from `length` on (rejected speculative drafts)."""
+        self.length = self._end = length
+        self.next_position = self.valid[:, :length].sum(-1)

@@ -1,0 +1,424 @@
+"""The training loop: recipe -> checked plan -> model, data, optimizer -> steps, validation, checkpoints.
+
+Everything random in a step (its depth r, its batch rows, the initial latent) is a function of
+(seed, step), so a resumed run and a run on N ranks compute what one uninterrupted process would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checkpoint import CheckpointError, load_config, load_model, resolve_model_dir
+from ..config import ConfigError, ModelConfig, field_names, get_preset
+from ..diagnostics import relative_change, token_correlation
+from ..model import RecurrentDepthLM
+from . import checkpoints as ckpt
+from .data import DTYPE_LIMITS, Batch, DataSource, ShardData, TaskData
+from .distributed import World, all_sum, barrier, init_world, resolve_device, shutdown, wrap
+from .metrics import MetricsLog, measure_matmul_flops, sync, train_flops_per_token
+from .objective import DepthObjective
+from .optim import build_optimizer, set_lr
+from .recipe import Recipe, RecipeError
+from .schedule import lr_factor
+
+COLLAPSE_THRESHOLD = 0.9
+
+
+# --- planning: every check that can fail runs before weights are allocated ------------------------------
+@dataclass
+class Plan:
+    config: ModelConfig
+    data: DataSource
+    objective: DepthObjective
+    val_set: list[Batch]
+    out: Path
+
+
+def model_config(recipe: Recipe) -> ModelConfig:
+    m = recipe.model
+    unknown = sorted(set(m.overrides) - set(field_names()))
+    if unknown:
+        raise RecipeError(f"unknown recipe key 'model.{unknown[0]}'; model keys are preset, init_from and "
+                          f"the ModelConfig fields {field_names()}")
+    try:
+        base = load_config(resolve_recipe_path(recipe, m.init_from)) if m.init_from else get_preset(m.preset)
+        return base.replace(**m.overrides)
+    except (ConfigError, CheckpointError) as err:
+        key = "model.init_from" if m.init_from else "model"
+        raise RecipeError(f"{key}: {err}") from None
+
+
+def resolve_recipe_path(recipe: Recipe, path: str) -> str:
+    """Recipe paths are relative to the recipe file; names that are not paths (hub ids, 'default') pass."""
+    local = recipe.resolve(path)
+    return str(local) if local.exists() else path
+
+
+def open_data(recipe: Recipe, config: ModelConfig) -> DataSource:
+    d = recipe.data
+    if d.source.startswith("task:"):
+        return TaskData(d.source.removeprefix("task:"), d.task_args, seed=recipe.seed)
+    if d.path is None:
+        raise RecipeError(f"data.path is not set; data.source = {d.source!r} reads a file or directory from it")
+    path = recipe.resolve(d.path)
+    if not path.exists():
+        raise RecipeError(f"data.path {path} does not exist; make shards with `latentloop data prepare` "
+                          "or fix the path (relative paths start at the recipe's folder)")
+    if d.source == "chat":
+        from ..tokenizer import load_tokenizer
+        from .finetune import ChatData
+
+        if not recipe.model.init_from:
+            raise RecipeError("data.source = 'chat' needs model.init_from (a checkpoint with a tokenizer.json)")
+        model_dir = resolve_model_dir(resolve_recipe_path(recipe, recipe.model.init_from))
+        tokenizer = load_tokenizer(model_dir)
+        block = d.block_size or config.context_length
+        return ChatData(path, tokenizer, block, seed=recipe.seed, tokenizer_dir=model_dir)
+    data = ShardData(path, seed=recipe.seed, mixture=d.mixture)
+    if d.block_size is not None and d.block_size != data.block_size:
+        raise RecipeError(f"data.block_size = {d.block_size} but the shards in {path} hold blocks of "
+                          f"{data.block_size}; drop data.block_size or re-run data prepare")
+    limit = DTYPE_LIMITS[data.dtype]
+    if config.vocab_size > limit:
+        raise RecipeError(f"model.vocab_size = {config.vocab_size} is larger than the {data.dtype} shards in "
+                          f"{path} can hold ({limit} ids); re-prepare with --dtype uint32")
+    return data
+
+
+def make_plan(recipe: Recipe, out: Path) -> Plan:
+    config = model_config(recipe)
+    data = open_data(recipe, config)
+    if data.vocab_size > config.vocab_size:
+        raise RecipeError(f"model.vocab_size = {config.vocab_size} is smaller than the data's vocabulary "
+                          f"{data.vocab_size}; set model.vocab_size >= {data.vocab_size}")
+    if recipe.data.block_size and recipe.data.block_size > config.context_length:
+        raise RecipeError(f"data.block_size = {recipe.data.block_size} exceeds the model's context length "
+                          f"{config.context_length}; lower it or raise model.context_length")
+    if data.block_size > config.context_length:
+        raise RecipeError(f"data.block_size ({data.block_size}, from the data) exceeds the model's context "
+                          f"length {config.context_length}; raise model.context_length or re-prepare shorter blocks")
+    d = recipe.data
+    if d.batch_size % d.grad_accum:
+        raise RecipeError(f"data.batch_size {d.batch_size} is not divisible by data.grad_accum {d.grad_accum}")
+    o = recipe.objective
+    objective = DepthObjective(
+        mean_recurrence=o.mean_recurrence or config.mean_recurrence,
+        backprop_depth=o.backprop_depth or config.mean_backprop_depth,
+        fixed_depth=o.fixed_depth,
+        seed=recipe.seed,
+    )
+    val_set = data.validation(d.val_batches, max(1, d.batch_size // d.grad_accum))
+    longest = max(x.shape[1] for x, _ in val_set)
+    if longest > config.context_length:
+        raise RecipeError(f"data ({d.source}) gives rows of {longest} tokens, more than the model's context "
+                          f"length {config.context_length}; raise model.context_length")
+    return Plan(config=config, data=data, objective=objective, val_set=val_set, out=out)
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, recipe: Recipe, out: str | Path | None = None, resume: bool = False,
+                 progress: bool = True) -> None:
+        self.recipe = recipe
+        self.progress = progress
+        out_dir = Path(out) if out is not None else recipe.resolve(recipe.out)
+        self.plan = make_plan(recipe, out_dir)
+        self.out = out_dir
+        self.config = self.plan.config
+        self.device = resolve_device(recipe.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.world: World = init_world(self.device)
+        rows = recipe.data.batch_size // recipe.data.grad_accum
+        if rows % self.world.size:
+            raise RecipeError(f"data.batch_size / data.grad_accum = {rows} rows per micro-step cannot be split "
+                              f"evenly over {self.world.size} processes; make it a multiple of {self.world.size}")
+        self.resume_from = self._find_resume(resume)
+        self.core = self._build_model()
+        self.model = wrap(self.core, self.world, self.device, recipe.train.distributed)
+        o = recipe.optim
+        self.optimizer = build_optimizer(self.model, o.name, o.lr, o.betas, o.weight_decay, o.eps, o.update_clip)
+        self.step = 0
+        if self.resume_from is not None:
+            self._load_trainer_state(self.resume_from)
+        self.log = MetricsLog(self.out, self.world.is_main, resume_step=self.step)
+        self.autocast_dtype = torch.bfloat16 if recipe.train.precision == "bf16" else None
+        self.peak_flops = recipe.train.peak_flops or measure_matmul_flops(
+            self.device, self.autocast_dtype or torch.float32, seconds=0.25)
+        self.last_val: dict[str, Any] = {}
+
+    # --- setup ---------------------------------------------------------------------------------------
+    def _find_resume(self, resume: bool) -> Path | None:
+        latest = ckpt.latest_checkpoint(self.out)
+        if latest is not None and not resume:
+            raise ValueError(f"{self.out} already holds checkpoints (latest {latest.name}); "
+                             "pass --resume to continue that run, or choose another --out")
+        return latest if resume else None
+
+    def _build_model(self) -> nn.Module:
+        r = self.recipe
+        if self.resume_from is not None and not r.lora.enabled:
+            model = load_model(self.resume_from, dtype=torch.float32)
+        elif r.model.init_from:
+            model = load_model(resolve_recipe_path(r, r.model.init_from), dtype=torch.float32)
+            if model.config != self.config:  # overrides that keep the shapes (e.g. mean_recurrence)
+                reshaped = RecurrentDepthLM(self.config)
+                reshaped.load_state_dict(model.state_dict())
+                model = reshaped
+        else:
+            model = RecurrentDepthLM(self.config)
+            model.init_weights(torch.Generator().manual_seed(r.seed))
+        model = model.to(self.device).train()
+        model.checkpoint_iterations = r.objective.checkpoint_iterations
+        if r.lora.enabled:
+            from .finetune import add_lora
+
+            model = add_lora(model, r.lora.rank, r.lora.alpha, r.lora.dropout, r.lora.target_modules)
+            if self.resume_from is not None:
+                adapters = ckpt.read_state(self.resume_from)["adapters"]
+                model.load_state_dict(adapters, strict=False)
+        if r.train.compile:
+            t = model.transformer
+            for block in (*t.prelude, *t.core_block, *t.coda):
+                block.compile()
+        return model
+
+    def _load_trainer_state(self, directory: Path) -> None:
+        state = ckpt.read_state(directory)
+        self.step = state["step"]
+        if self.recipe.train.distributed == "fsdp" and self.world.active:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.restore_rng(state["rng"])
+
+    # --- one step -----------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def initial_state(self, step: int, micro: int, rows: int, seq: int) -> Tensor:
+        """The random initial latent of the whole global micro-batch, so every rank slices the same noise."""
+        gen = torch.Generator(device=self.device).manual_seed(hash((self.recipe.seed, step, micro)) % 2**62)
+        shape = torch.empty(rows, seq, self.config.hidden_size, device=self.device)
+        return self.core.initial_state(shape, self.recipe.objective.init_scale, gen)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        r, world = self.recipe, self.world
+        lr = set_lr(self.optimizer, r.optim.lr, lr_factor(step, r.train.steps, r.schedule.kind,
+                                                          r.schedule.warmup_steps, r.schedule.cooldown_steps,
+                                                          r.schedule.min_lr_ratio))
+        num_steps = self.plan.objective.num_steps(step)
+        input_ids, labels = self.plan.data.global_batch(step, r.data.batch_size)
+        n_targets = int((labels != -100).sum())
+        micro_rows = r.data.batch_size // r.data.grad_accum
+        local = micro_rows // world.size
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(r.data.grad_accum):
+            start = micro * micro_rows + world.rank * local
+            x = input_ids[start:start + local].to(self.device)
+            y = labels[start:start + local].to(self.device)
+            x0 = self.initial_state(step, micro, micro_rows, x.shape[1])[world.rank * local:(world.rank + 1) * local]
+            last = micro == r.data.grad_accum - 1
+            sync_ctx = self.model.no_sync() if world.active and not last and hasattr(self.model, "no_sync") \
+                else contextlib.nullcontext()
+            with sync_ctx, self.autocast():
+                out = self.model(x, num_steps=num_steps, initial_state=x0)
+                loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+            # ranks average gradients, so scale by the world size: the result is d(global mean loss)
+            (loss * world.size / max(n_targets, 1)).backward()
+            loss_sum += loss.detach()
+        grad_norm = float("nan")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if r.optim.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, r.optim.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = float(all_sum(loss_sum, world)) / max(n_targets, 1)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"training loss became {loss_value} at step {step}; lower optim.lr "
+                                     "or use train.precision = 'fp32'")
+        flops = train_flops_per_token(self.config, num_steps, input_ids.shape[1]) * input_ids.numel()
+        return {"loss": loss_value, "lr": lr, "depth": sum(num_steps), "grad_norm": grad_norm,
+                "tokens": input_ids.numel(), "flops": flops}
+
+    # --- validation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, step: int) -> dict[str, Any]:
+        """Loss and perplexity at each validation depth, plus collapse diagnostics at the reference depth."""
+        depths = sorted(set(self.recipe.train.val_depths))
+        ref = 32 if 32 in depths else depths[-1]
+        wanted = sorted(set(depths) | ({ref - 1} if ref > 1 else set()))
+        core = self.core
+        was_training = core.training
+        core.eval()
+        sums = dict.fromkeys(wanted, 0.0)
+        count, corr_state, corr_final, norms, change = 0, 0.0, 0.0, dict.fromkeys(depths, 0.0), 0.0
+        for x, y in self.plan.val_set:
+            x, y = x.to(self.device), y.to(self.device)
+            with self.autocast():
+                outs = core.forward_depths(x, wanted, init_scale=0.0)
+                final = self.final_hidden(outs[ref].latent)
+            for d in wanted:
+                logits = outs[d].logits
+                sums[d] += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100,
+                                                 reduction="sum"))
+            count += int((y != -100).sum())
+            corr_state += token_correlation(outs[ref].state)
+            corr_final += token_correlation(final)
+            for d in depths:
+                norms[d] += float(outs[d].state.float().norm(dim=-1).mean())
+            if ref > 1:
+                change += relative_change(outs[ref - 1].state, outs[ref].state)
+        core.train(was_training)
+        n = len(self.plan.val_set)
+        result: dict[str, Any] = {}
+        for d in depths:
+            loss = sums[d] / max(count, 1)
+            result[f"loss@{d}"] = loss
+            result[f"ppl@{d}"] = math.exp(min(loss, 50.0))
+            result[f"state_norm@{d}"] = norms[d] / n
+        result |= {"reference_depth": ref, "token_corr_state": corr_state / n, "token_corr_final": corr_final / n,
+                   "relative_change_last": change / n}
+        self._warn(step, result, depths)
+        return result
+
+    def final_hidden(self, latent: Tensor) -> Tensor:
+        """The coda's output: the last hidden state before the final norm and the head."""
+        ctx = self.core.context(latent.shape[1])
+        for block in self.core.transformer.coda:
+            latent = block(latent, ctx)
+        return latent
+
+    def _warn(self, step: int, val: dict[str, Any], depths: list[int]) -> None:
+        for key in ("token_corr_state", "token_corr_final"):
+            if val[key] > COLLAPSE_THRESHOLD:
+                self.log.warn(step, f"hidden-state collapse: {key} = {val[key]:.3f} > {COLLAPSE_THRESHOLD} "
+                                    "(tokens share one representation); lower the lr or check the init")
+        after_warmup = step > self.recipe.schedule.warmup_steps
+        if after_warmup and 1 in depths and 32 in depths and val["loss@32"] >= val["loss@1"]:
+            self.log.warn(step, f"recurrence ignored: validation loss at depth 32 ({val['loss@32']:.4f}) is not "
+                                f"below depth 1 ({val['loss@1']:.4f}); the model does not use its iterations")
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    def full_state(self) -> dict[str, Tensor]:
+        """Full float32 weights on CPU, gathered from shards under FSDP, LoRA folded in."""
+        if self.recipe.train.distributed == "fsdp" and self.world.active:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.recipe.lora.enabled:
+            from .finetune import merged_state_dict
+
+            return merged_state_dict(self.core)
+        return {k: v.detach().cpu() for k, v in self.core.state_dict().items()}
+
+    def save_model(self, directory: Path) -> None:
+        """Write a plain `RecurrentDepthLM` (HF format) with the data's tokenizer beside it (rank 0 writes)."""
+        state = self.full_state()
+        if not self.world.is_main:
+            return
+        plain = RecurrentDepthLM(self.config)
+        plain.load_state_dict(state, strict=False)
+        plain.tie_weights()
+        plain.save_pretrained(str(directory))
+        tokenizer_dir = self.plan.data.tokenizer_dir
+        if tokenizer_dir is not None and (tokenizer_dir / "tokenizer.json").is_file():
+            shutil.copy2(tokenizer_dir / "tokenizer.json", directory / "tokenizer.json")
+
+    def save_checkpoint(self, step: int) -> Path:
+        directory = ckpt.checkpoint_dir(self.out, step)
+        self.save_model(directory)
+        if self.recipe.train.distributed == "fsdp" and self.world.active:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            optim_state = get_optimizer_state_dict(self.model, self.optimizer,
+                                                   options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            optim_state = self.optimizer.state_dict()
+        if self.world.is_main:
+            state = {"step": step, "optimizer": optim_state, "rng": ckpt.rng_state(),
+                     "data": {"source": self.recipe.data.source, "next_step": step},
+                     "recipe": self.recipe.to_dict()}
+            if self.recipe.lora.enabled:
+                state["adapters"] = {k: v.detach().cpu() for k, v in self.core.state_dict().items() if "lora_" in k}
+            ckpt.write_state(directory, state)
+            ckpt.prune(self.out, self.recipe.train.keep_last)
+        barrier(self.world)
+        return directory
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        r = self.recipe
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2, default=str) + "\n")
+        bar = tqdm(total=r.train.steps, initial=self.step, desc="train", unit="step",
+                   disable=not (self.progress and self.world.is_main), file=sys.stderr)
+        window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
+        while self.step < r.train.steps:
+            stats = self.train_step(self.step)
+            self.step += 1
+            window_tokens += stats["tokens"]
+            window_flops += stats["flops"]
+            if self.step % r.train.log_every == 0 or self.step == r.train.steps:
+                sync(self.device)
+                elapsed = time.perf_counter() - window_start
+                stats["tokens_per_s"] = window_tokens / elapsed
+                stats["mfu"] = window_flops / elapsed / (self.peak_flops * self.world.size)
+                self.log.write("train", self.step, {k: v for k, v in stats.items() if k != "flops"})
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", r=stats["depth"],
+                                tok_s=f"{stats['tokens_per_s']:.0f}", mfu=f"{stats['mfu']:.1%}")
+                window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
+            if self.step % r.train.val_every == 0 or self.step == r.train.steps:
+                self.last_val = self.validate(self.step)
+                self.log.write("val", self.step, self.last_val)
+                if self.world.is_main:
+                    bar.write(self.describe_val(self.step, self.last_val))
+            if r.train.ckpt_every and self.step % r.train.ckpt_every == 0 and self.step < r.train.steps:
+                self.save_checkpoint(self.step)
+            bar.update(1)
+        bar.close()
+        self.save_checkpoint(self.step)
+        self.save_model(self.out / "model")
+        barrier(self.world)
+        summary = {"step": self.step, "val": self.last_val, "model_dir": str(self.out / "model")}
+        if self.world.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.log.close()
+        return summary
+
+    @staticmethod
+    def describe_val(step: int, val: dict[str, Any]) -> str:
+        losses = "  ".join(f"{k.removeprefix('loss')}={v:.3f}" for k, v in val.items() if k.startswith("loss@"))
+        return (f"step {step} val loss {losses}  corr(state)={val['token_corr_state']:.3f} "
+                f"corr(final)={val['token_corr_final']:.3f} last-step change={val['relative_change_last']:.4f}")
+
+    def close(self) -> None:
+        shutdown(self.world)
+
+
+def train(recipe: Recipe, out: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict:
+    """Run a recipe to completion; returns the final summary (last validation metrics, model dir)."""
+    trainer = Trainer(recipe, out=out, resume=resume, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

@@ -202,26 +202,28 @@ def prepare_prompt(
         rows = None
     else:
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if texts and all(isinstance(t, str) for t in texts):
+        if not texts:
+            raise ValueError("the prompt is empty; give at least one token")
+        if all(isinstance(t, str) for t in texts):
             if tokenizer is None:
                 raise ValueError("a text prompt needs a tokenizer: pass tokenizer=..., "
                                  "or pass token ids (a list of ints or a [batch, length] tensor)")
             rows = [tokenizer.encode(t) for t in texts]
-        elif texts and all(isinstance(t, int) for t in texts):
+        elif all(isinstance(t, int) for t in texts):
             rows = [texts]
-        elif texts and all(isinstance(t, Sequence) and all(isinstance(i, int) for i in t) for t in texts):
+        elif all(isinstance(t, Sequence) and all(isinstance(i, int) for i in t) for t in texts):
             rows = [list(t) for t in texts]
         else:
             raise ValueError("prompt must be text, a list of texts, a list of token ids, a list of such lists, "
                              "or a [batch, length] tensor of ids")
     if rows is not None:
         if any(len(r) == 0 for r in rows):
-            raise ValueError("a prompt is empty; give at least one token")
+            raise ValueError("a prompt is empty (no real tokens); give at least one token")
         width = max(len(r) for r in rows)
         ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
         mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
     if ids.numel() == 0 or not bool(mask.any(-1).all()):
-        raise ValueError("a prompt is empty; give at least one token")
+        raise ValueError("a prompt is empty (no real tokens); give at least one token")
     return ids, mask
 
 
@@ -264,6 +266,10 @@ def _run(
 
     ids, valid = prepare_prompt(prompt, tokenizer, attention_mask, pad_id)
     batch, prompt_len = ids.shape
+    vocab = model.config.vocab_size
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise ValueError(f"prompt token ids must lie in [0, {vocab}) (the model's vocabulary); "
+                         f"got ids from {int(ids.min())} to {int(ids.max())}: is this the model's tokenizer?")
     context = model.config.context_length
     extra = 0 if draft_steps is None else lookahead + 1
     if prompt_len + extra >= context:
@@ -280,7 +286,6 @@ def _run(
     ids, valid = ids.to(device), valid.to(device)
     seen = None
     if repetition_penalty != 1.0:
-        vocab = model.config.vocab_size
         seen = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=device)
         seen.scatter_(1, torch.where(valid, ids, vocab), True)
         seen = seen[:, :vocab]
@@ -291,6 +296,9 @@ def _run(
         if criterion is not None or warm_start or do_sample or repetition_penalty != 1.0:
             raise ValueError("speculative decoding (draft_steps) is greedy at a fixed depth: drop exit, "
                              "warm_start, sampling and repetition_penalty, or drop draft_steps")
+        if cache.core_slots < num_steps:
+            raise ValueError("speculative decoding verifies drafts in parallel, which needs every iteration's "
+                             "K/V: drop kv_budget (or make it >= num_steps), or drop draft_steps")
         first = engine.forward(ids, num_steps, valid)
         prefill_seconds = time.perf_counter() - started
         chunks = speculative_chunks(engine, first, num_steps, draft_steps, lookahead)

@@ -1,0 +1,152 @@
+"""The KV cache: cached decoding equals recomputation, padded rows equal rows alone, the ring budget and
+early exits read exactly the iterations the definition names, and memory is what it should be."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentloop import load_model
+from latentloop.cache import KVCache
+from latentloop.exits import KL
+from latentloop.generate import Engine
+
+
+@pytest.fixture(scope="module")
+def model(conformance_dir):
+    return load_model(conformance_dir / "checkpoint")
+
+
+def sequence(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("num_steps", [1, 3, 8])
+def test_cached_decoding_equals_recomputation(model, num_steps):
+    ids = sequence(14)
+    with torch.no_grad():
+        full = model(ids, num_steps=num_steps, init_scale=0.0).logits
+    engine = Engine(model, KVCache(model.config, 1, 14, num_steps), init_scale=0.0)
+    logits = [engine.forward(ids[:, :6], num_steps).logits]
+    logits += [engine.forward(ids[:, i : i + 1], num_steps).logits for i in range(6, 14)]
+    torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_padded_batch_equals_rows_alone(model):
+    rows = [sequence(9, 1)[0], sequence(4, 2)[0], sequence(6, 3)[0]]
+    width = 9
+    ids = torch.stack([F.pad(r, (width - len(r), 0), value=0) for r in rows])
+    valid = torch.stack([torch.arange(width) >= width - len(r) for r in rows])
+    follow = sequence(15, 4).view(3, 5)  # the same 5 continuation tokens per row, fed one at a time
+    engine = Engine(model, KVCache(model.config, 3, width + 5, 4), init_scale=0.0)
+    batch = [engine.forward(ids, 4, valid).logits[:, -1:]]
+    batch += [engine.forward(follow[:, i : i + 1], 4).logits for i in range(5)]
+    batch = torch.cat(batch, 1)
+    for b, row in enumerate(rows):
+        with torch.no_grad():
+            alone = model(torch.cat([row, follow[b]])[None], num_steps=4, init_scale=0.0).logits
+        torch.testing.assert_close(batch[b], alone[0, len(row) - 1 :], atol=1e-4, rtol=1e-4)
+
+
+class DefinitionCache:
+    """The spec's rule written out plainly: every (token, layer, iteration) K/V kept in a dict; a core
+    read at iteration i takes, per past token, the latest iteration j it computed with j = i (mod budget),
+    or its last iteration when it computed none such (it exited early)."""
+
+    def __init__(self, config, budget: int | None = None) -> None:
+        self.config, self.budget, self.store, self.computed = config, budget, {}, []
+        self.length, self.active = 0, None
+
+    def begin(self, valid, new_tokens):
+        self.new = new_tokens
+        return torch.arange(self.length, self.length + new_tokens)[None]
+
+    def attend(self, layer, step, q, k, v):
+        core = self.config.n_prelude <= layer < self.config.n_prelude + self.config.n_core
+        for s in range(self.new):
+            self.store[self.length + s, layer, step if core else 0] = (k[:, :, s], v[:, :, s])
+        keys, values = [], []
+        for t in range(self.length + self.new):
+            done = self.computed[t] if t < self.length else step + 1
+            if not core:
+                j = 0
+            else:
+                ring = [j for j in range(done) if self.budget is None or j % self.budget == step % self.budget]
+                ring = [j for j in ring if self.budget is not None or j == step]
+                j = max(ring) if ring else done - 1
+            keys.append(self.store[t, layer, j][0])
+            values.append(self.store[t, layer, j][1])
+        keys, values = torch.stack(keys, 2), torch.stack(values, 2)
+        n = keys.shape[2]
+        mask = torch.ones(self.new, n, dtype=torch.bool).tril(n - self.new)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+    def commit(self, iterations):
+        self.computed += [int(iterations)] * self.new
+        self.length += self.new
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, None])
+def test_budget_and_early_exit_read_the_defined_iterations(model, budget):
+    """kv_budget ring plus early exits (KL with a loose threshold) against the plain definition."""
+    ids = sequence(10, 5)
+    exit = KL(0.05, min_steps=2)
+    runs = []
+    for cache in (KVCache(model.config, 1, 10, 6, kv_budget=budget), DefinitionCache(model.config, budget)):
+        engine = Engine(model, cache, init_scale=0.0)
+        outs = [engine.forward(ids[:, :4], 6)]
+        outs += [engine.forward(ids[:, i : i + 1], 6, exit=exit) for i in range(4, 10)]
+        runs.append(outs)
+    used = [int(o.iterations) for o in runs[0][1:]]
+    assert min(used) < 6, f"no token exited early ({used}): the case does not exercise early exits"
+    assert used == [int(o.iterations) for o in runs[1][1:]]
+    for ours, definition in zip(runs[0], runs[1], strict=True):
+        torch.testing.assert_close(ours.logits, definition.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_budget_one_is_the_hand_checked_rule(model):
+    """kv_budget=1 at 2 iterations: the second token's iteration-0 read sees the first token's iteration 1."""
+    ids = sequence(2, 6)
+    engine = Engine(model, KVCache(model.config, 1, 2, 2, kv_budget=1), init_scale=0.0)
+    engine.forward(ids[:, :1], 2)
+    reads = {}
+    cache = engine.cache
+    original = cache.attend
+
+    def spy(layer, step, q, k, v):
+        keys = cache.kv[cache.slot(layer, step), 0, :, :, 0].clone()  # token 0's K before this call writes
+        reads.setdefault((layer, step), keys)
+        return original(layer, step, q, k, v)
+
+    stored = {}
+    first = Engine(model, KVCache(model.config, 1, 1, 2), init_scale=0.0)
+    first.forward(ids[:, :1], 2)
+    for step in range(2):
+        stored[step] = first.cache.kv[first.cache.slot(model.config.n_prelude, step), 0, :, :, 0]
+    cache.attend = spy
+    engine.forward(ids[:, 1:2], 2)
+    core0 = model.config.n_prelude
+    torch.testing.assert_close(reads[core0, 0], stored[1])  # iteration 0 reads token 0's LAST iteration
+    assert not torch.allclose(stored[0], stored[1])
+
+
+def test_memory_is_reported_and_scales():
+    from latentloop.config import ModelConfig
+
+    config = ModelConfig(hidden_size=64, num_heads=4, intermediate_size=96, vocab_size=64, context_length=64)
+    per_slot = 2 * 2 * 64 * 32 * 4  # K and V, batch 2, hidden 64, 32 positions, float32
+    full = KVCache(config, 2, 32, 32)
+    assert full.nbytes == (2 + 2 + 4 * 32) * per_slot
+    assert KVCache(config, 2, 32, 16).nbytes == (2 + 2 + 4 * 16) * per_slot
+    shared = KVCache(config, 2, 32, 32, kv_budget=1)
+    assert shared.nbytes == (2 + 2 + 4) * per_slot
+    assert shared.nbytes <= full.nbytes / 16
+    assert KVCache(config, 2, 32, 32, kv_budget=4, dtype=torch.bfloat16).nbytes == (2 + 2 + 16) * per_slot // 2
+
+
+def test_cache_rejects_bad_budget_and_length(model):
+    with pytest.raises(ValueError, match="kv_budget must be a positive"):
+        KVCache(model.config, 1, 8, 4, kv_budget=0)
+    with pytest.raises(ValueError, match="context length"):
+        KVCache(model.config, 1, model.config.context_length + 1, 4)

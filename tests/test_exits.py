@@ -1,0 +1,88 @@
+"""Early exit: every criterion stops early on a converging model, never before min_steps, and at exactly
+the iteration its rule names (recomputed here from an uncached depth sweep)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from latentloop import RecurrentDepthLM, get_preset
+from latentloop.exits import KL, ArgmaxStability, Entropy, LatentDiff, parse_exit
+from latentloop.generate import generate
+
+PROMPT = [[3, 1, 4, 1, 5, 9, 2, 6]]
+SPECS = ["kl", "entropy", "latent-diff", "argmax-stability"]
+
+
+@pytest.fixture(scope="module")
+def converging():
+    """A tiny model whose state enters each iteration damped, so the latent settles quickly."""
+    model = RecurrentDepthLM(get_preset("tiny"))
+    model.init_weights(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.transformer.adapter.weight[:, : model.config.hidden_size] *= 0.1
+    return model.eval()
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_each_criterion_stops_early_and_respects_min_steps(converging, spec):
+    free = generate(converging, PROMPT, num_steps=32, init_scale=0.0, max_new_tokens=6, exit=spec)
+    decoded = free.iterations[0][1:]  # the first token comes from the prefill at full depth
+    assert free.iterations[0][0] == 32
+    assert max(decoded) < 32, f"{spec} never exited early: {decoded}"
+    floor = parse_exit(spec, min_steps=12)
+    held = generate(converging, PROMPT, num_steps=32, init_scale=0.0, max_new_tokens=6, exit=floor)
+    assert all(12 <= n < 32 for n in held.iterations[0][1:]), held.iterations
+    capped = parse_exit(spec, max_steps=2)
+    assert all(n <= 2 for n in generate(converging, PROMPT, num_steps=32, init_scale=0.0, max_new_tokens=4,
+                                        exit=capped).iterations[0][1:])
+
+
+def rule_holds(spec: str, outputs: dict, depth: int, vocab: int, threshold: float) -> bool:
+    """The criterion between iterations depth-1 and depth, from the uncached sweep (last position)."""
+    logp = {d: torch.log_softmax(o.logits[0, -1], -1) for d, o in outputs.items()}
+    logp[0] = torch.full((vocab,), -math.log(vocab))
+    if spec == "kl":
+        return float((logp[depth - 1].exp() * (logp[depth - 1] - logp[depth])).sum()) < threshold
+    if spec == "entropy":
+        h = {d: float(-(lp.exp() * lp).sum()) for d, lp in logp.items()}
+        return abs(h[depth] - h[depth - 1]) < threshold
+    if spec == "latent-diff":
+        states = {d: o.state[0, -1] for d, o in outputs.items()} | {0: torch.zeros(outputs[1].state.shape[-1])}
+        return float((states[depth] - states[depth - 1]).norm() / states[depth].norm()) < threshold
+    top = [None] + [int(outputs[d].logits[0, -1].argmax()) for d in range(1, depth + 1)]
+    return depth > threshold and len(set(top[depth - int(threshold) :])) == 1
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_exit_iteration_matches_the_rule(converging, spec):
+    """The second new token sees only full-depth past tokens, so an uncached sweep reproduces each iteration."""
+    criterion = parse_exit(spec, min_steps=2)
+    result = generate(converging, PROMPT, num_steps=32, init_scale=0.0, max_new_tokens=2, exit=criterion)
+    ids = torch.tensor([PROMPT[0] + result.tokens[0][:1]])
+    outputs = converging.forward_depths(ids, list(range(1, 33)), init_scale=0.0)
+    vocab = converging.config.vocab_size
+    expected = next(d for d in range(2, 33) if rule_holds(spec, outputs, d, vocab, criterion.threshold))
+    assert result.iterations[0][1] == expected
+
+
+def test_parse_exit_specs_and_errors():
+    assert isinstance(parse_exit("kl"), KL) and parse_exit("kl").threshold == 5e-4
+    assert parse_exit("kl:1e-3").threshold == 1e-3
+    assert isinstance(parse_exit("entropy:0.01"), Entropy)
+    assert isinstance(parse_exit("latent-diff"), LatentDiff) and parse_exit("latent-diff").threshold == 0.03
+    assert parse_exit("argmax-stability:3").threshold == 3 and isinstance(parse_exit("argmax-stability"), ArgmaxStability)
+    assert parse_exit(None) is None and parse_exit("none") is None
+    assert parse_exit("kl", min_steps=4, max_steps=9).min_steps == 4
+    with pytest.raises(ValueError, match="unknown exit criterion 'cosine'"):
+        parse_exit("cosine")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_exit("kl:small")
+    with pytest.raises(ValueError, match="must be an integer"):
+        parse_exit("argmax-stability:2.5")
+    with pytest.raises(ValueError, match="min_steps <= max_steps"):
+        parse_exit("kl", min_steps=8, max_steps=4)
+    with pytest.raises(ValueError, match="must be positive"):
+        KL(-1.0)

@@ -73,7 +73,8 @@ def test_parse_exit_specs_and_errors():
     assert parse_exit("kl:1e-3").threshold == 1e-3
     assert isinstance(parse_exit("entropy:0.01"), Entropy)
     assert isinstance(parse_exit("latent-diff"), LatentDiff) and parse_exit("latent-diff").threshold == 0.03
-    assert parse_exit("argmax-stability:3").threshold == 3 and isinstance(parse_exit("argmax-stability"), ArgmaxStability)
+    assert parse_exit("argmax-stability:3").threshold == 3
+    assert isinstance(parse_exit("argmax-stability"), ArgmaxStability)
     assert parse_exit(None) is None and parse_exit("none") is None
     assert parse_exit("kl", min_steps=4, max_steps=9).min_steps == 4
     with pytest.raises(ValueError, match="unknown exit criterion 'cosine'"):

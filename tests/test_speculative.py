@@ -38,7 +38,9 @@ def test_drafts_close_to_the_verifier_are_accepted(model):
 
 
 def test_speculative_rejects_what_it_cannot_keep_exact(model):
-    for bad in ({"kv_budget": 2}, {"warm_start": True}, {"exit": "kl"}, {"do_sample": True}, {"repetition_penalty": 1.2}):
+    unsupported = [{"kv_budget": 2}, {"warm_start": True}, {"exit": "kl"}, {"do_sample": True},
+                   {"repetition_penalty": 1.2}]
+    for bad in unsupported:
         with pytest.raises(ValueError, match="speculative decoding"):
             generate(model, [1, 2, 3], num_steps=4, draft_steps=2, **bad)
     with pytest.raises(ValueError, match="draft_steps must be between 1 and num_steps"):

@@ -207,3 +207,51 @@ def test_eval_cli_choice_task_writes_results_and_plot(tiny_model_dir, tmp_path):
     assert yn["kind"] == "choice" and yn["examples"] == 4 and set(yn["depths"]) == {"1", "2"}
     assert all(0 <= v["accuracy"] <= 1 for v in yn["depths"].values())
     assert (out / "accuracy_vs_depth.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_generation_accuracy_against_the_models_own_answers(tiny_model_dir, tokenizer, tmp_path):
+    """References are the model's own greedy answers at depth 2 (each prompt alone): batched, padded
+    generation at depth 2 must match them all; the adaptive run never exceeds its cap."""
+    from latentloop import load_model
+    from latentloop.eval.tasks import encode_prompt, run_generation_task
+    from latentloop.exits import parse_exit
+    from latentloop.generate import generate
+
+    model = load_model(tiny_model_dir)
+    prompts = ["To be", "Now is the winter of", "O Romeo, Romeo", "Friends", "What light"]
+    answers = [generate(model, encode_prompt(p, tokenizer), tokenizer=tokenizer, num_steps=2, init_scale=0.0,
+                        max_new_tokens=5, stop=["\n"]).text for p in prompts]
+    config = {"config": {"kind": "generate", "stop": ["\n"], "max_new_tokens": 5}}
+    path = write_jsonl(tmp_path / "own.jsonl", [config] + [{"prompt": p, "answer": a}
+                                                         for p, a in zip(prompts, answers, strict=True)])
+    task = load_task(path)
+    result = run_generation_task(model, tokenizer, task, [1, 2], exit=parse_exit("kl:1e-2"), batch_size=3,
+                                 progress=False)
+    assert result["depths"]["2"]["accuracy"] == 1.0 and result["depths"]["2"]["examples"] == 5
+    assert [s["generation"] for s in result["samples"]["depth:2"]] == answers
+    assert result["depths"]["1"]["mean_iterations"] == 1.0 and result["depths"]["2"]["mean_iterations"] == 2.0
+    for cap in ("1", "2"):
+        assert 1.0 <= result["adaptive"][cap]["mean_iterations"] <= int(cap)
+    depth1 = [s["generation"] for s in result["samples"]["depth:1"]]
+    assert result["depths"]["1"]["accuracy"] == sum(
+        normalize_answer(a) == normalize_answer(b) for a, b in zip(depth1, answers, strict=True)) / 5
+
+
+def test_eval_cli_gsm8k_generation_with_adaptive_exit(tiny_model_dir, tmp_path):
+    """GSM8K format end to end on the real file: 8-shot prompts (cut from the left to fit this tiny
+    model's 128-token context), extraction, exact match and an adaptive-exit run."""
+    out = tmp_path / "out"
+    gsm8k = SHARED / "data" / "gsm8k" / "test.jsonl"
+    assert main(["eval", str(tiny_model_dir), "--task", str(gsm8k), "--format", "gsm8k", "--limit", "3",
+                 "--depths", "1", "2", "--max-new-tokens", "6", "--exit", "kl:5e-4", "--out", str(out),
+                 "--quiet"]) == 0
+    result = json.loads((out / "results.json").read_text())["tasks"]["test"]
+    assert result["kind"] == "generate" and result["fewshot"] == 8 and result["examples"] == 3
+    assert set(result["depths"]) == set(result["adaptive"]) == {"1", "2"}
+    questions = [json.loads(line) for line in gsm8k.read_text().splitlines()[8:11]]
+    for sample, q in zip(result["samples"]["depth:2"], questions, strict=True):
+        assert sample["gold"] == q["answer"].split("#### ")[-1]
+        assert sample["prediction"] == extract_answer(sample["generation"], GSM8K_REGEX)
+        assert sample["correct"] == (sample["prediction"] is not None
+                                     and normalize_answer(sample["prediction"]) == normalize_answer(sample["gold"]))
+    assert (out / "accuracy_vs_depth.png").is_file()

@@ -14,6 +14,7 @@ Every context starts with the begin-text token, as the model saw documents in tr
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -21,11 +22,14 @@ import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
 
 from ..checkpoint import load_model
 from ..exits import parse_exit
+from ..generate import generate
 from ..tokenizer import load_tokenizer
 from .scoring import score_continuations
+from .tasks import fit_prompt
 
 
 @register_model("latentloop")
@@ -47,7 +51,8 @@ class LatentLoopLM(TemplateLM):
         super().__init__()
         if int(num_steps) < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's command line defaults to cuda
         self.model = load_model(str(path), dtype=getattr(torch, dtype), device=device)
         self.tok = load_tokenizer(str(path))
         self.path, self.num_steps, self.init_scale = str(path), int(num_steps), float(init_scale)
@@ -55,6 +60,7 @@ class LatentLoopLM(TemplateLM):
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" -> a safe default
         self.max_gen_toks = int(max_gen_toks)
         self._device = torch.device(device)
+        self.iterations: list[int] = []  # per generated token, across generate_until calls
 
     # --- tokenization (TemplateLM builds (context, continuation) token pairs with these) -------------
     @property
@@ -107,8 +113,42 @@ class LatentLoopLM(TemplateLM):
             self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
         return totals
 
+    # --- generation -----------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        raise ValueError("generation needs latentloop.generate, which is not available yet")
+        """Greedy (or sampled) continuations in left-padded batches, cut at the `until` strings.
+        Requests sharing their generation settings are batched together, shortest prompts first."""
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(i)
+        texts: list[str] = [""] * len(requests)
+        bar = tqdm(total=len(requests), desc="generating", disable=disable_tqdm)
+        for indices in groups.values():
+            options = dict(requests[indices[0]].args[1])
+            until = options.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(options.pop("max_gen_toks", self.max_gen_toks))
+            temperature = float(options.pop("temperature", 0.0) or 0.0)
+            do_sample = bool(options.pop("do_sample", False)) and temperature > 0
+            prompts = {i: fit_prompt(self._with_prefix(self.tok_encode(requests[i].args[0])), self.max_length, max_new)
+                       for i in indices}
+            order = sorted(indices, key=lambda i: len(prompts[i]))
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                out = generate(self.model, [prompts[i] for i in rows], tokenizer=self.tok, num_steps=self.num_steps,
+                               exit=self.exit, max_new_tokens=max_new, stop=until, init_scale=self.init_scale,
+                               do_sample=do_sample, temperature=temperature if do_sample else 1.0, seed=0)
+                self.iterations += [n for row in out.iterations for n in row]
+                for i, text in zip(rows, out.texts, strict=True):
+                    texts[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                bar.update(len(rows))
+        bar.close()
+        return texts
+
+    @property
+    def mean_iterations(self) -> float:
+        """Mean core iterations per generated token so far (below num_steps when `exit` stops early)."""
+        return sum(self.iterations) / len(self.iterations) if self.iterations else 0.0
 
     # --- chat -----------------------------------------------------------------------------------------
     @property

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from ..exits import ExitCriterion
 from ..model import RecurrentDepthLM
 from ..tokenizer import Tokenizer
@@ -204,6 +206,16 @@ def encode_prompt(text: str, tokenizer: Tokenizer) -> list[int]:
     return ids
 
 
+def fit_prompt(ids: list[int], context_length: int, max_new_tokens: int) -> list[int]:
+    """Keep the last tokens of a prompt so that it and `max_new_tokens` fit the context (lm-eval does
+    the same): long few-shot prompts lose their oldest demonstrations, not the question."""
+    room = context_length - max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the context of "
+                         f"{context_length} tokens; lower max_new_tokens")
+    return ids[-room:]
+
+
 # --- answers ----------------------------------------------------------------------------------------
 def extract_answer(text: str, regex: str | None) -> str | None:
     """The first regex match (its first non-empty group, else the whole match); None if nothing matches.
@@ -298,4 +310,60 @@ def run_task(
                                  init_scale=init_scale, progress=progress)
         result["depths"] = {str(d): v for d, v in scores.items()}
         return result
-    raise ValueError(f"task {task.name}: generation tasks need latentloop.generate, which is not available yet")
+    result.update(run_generation_task(model, tokenizer, task, depths, exit=exit, batch_size=batch_size, limit=limit,
+                                      init_scale=init_scale, progress=progress))
+    return result
+
+
+# --- generation ------------------------------------------------------------------------------------
+def run_generation_task(
+    model: RecurrentDepthLM,
+    tokenizer: Tokenizer,
+    task: Task,
+    depths: Sequence[int],
+    exit: ExitCriterion | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    init_scale: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Greedy generation at each depth (and, with `exit`, adaptive runs capped at each depth).
+
+    Returns {"depths": {d: {"accuracy", "mean_iterations", "examples"}}, "adaptive": {...},
+    "samples": {"depth:d" | "exit:d": [{"generation", "prediction", "gold", "correct"}]}}.
+    """
+    from ..generate import generate
+
+    c = task.config
+    examples = task.examples[:limit]
+    context = model.config.context_length
+    prompts = [fit_prompt(encode_prompt(build_prompt(task, e, tokenizer), tokenizer), context, c.max_new_tokens)
+               for e in examples]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
+    runs = [(d, None) for d in depths] + [(d, exit) for d in depths if exit is not None]
+    result: dict[str, Any] = {"depths": {}, "samples": {}}
+    if exit is not None:
+        result["adaptive"] = {}
+    bar = tqdm(total=len(runs) * len(prompts), desc=f"{task.name}", disable=not progress, unit="example")
+    for depth, criterion in runs:
+        texts: list[str] = [""] * len(prompts)
+        iterations: list[int] = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            out = generate(model, [prompts[i] for i in rows], tokenizer=tokenizer, num_steps=depth, exit=criterion,
+                           max_new_tokens=c.max_new_tokens, stop=list(c.stop), init_scale=init_scale, seed=seed)
+            for i, text in zip(rows, out.texts, strict=True):
+                texts[i] = text
+            iterations += [n for row in out.iterations for n in row]
+            bar.update(len(rows))
+        graded = [is_correct(text, str(e[c.answer_field]), c) for text, e in zip(texts, examples, strict=True)]
+        entry = {"accuracy": sum(g[2] for g in graded) / len(graded), "examples": len(graded),
+                 "mean_iterations": sum(iterations) / max(len(iterations), 1)}
+        result["adaptive" if criterion else "depths"][str(depth)] = entry
+        result["samples"][f"{'exit' if criterion else 'depth'}:{depth}"] = [
+            {"generation": text, "prediction": p, "gold": g, "correct": ok}
+            for text, (p, g, ok) in zip(texts, graded, strict=True)
+        ]
+    bar.close()
+    return result

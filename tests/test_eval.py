@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from latentloop import RecurrentDepthLM, get_preset
 from latentloop.cli import main
-from latentloop.eval import load_tokens, perplexity_at_depths, score_continuations
+from latentloop.eval import load_tokens, load_windows, perplexity_at_depths, score_continuations, windows
 from latentloop.tokenizer import load_tokenizer
 
 
@@ -26,7 +27,7 @@ def model() -> RecurrentDepthLM:
 def test_perplexity_equals_model_loss(model):
     tokens = torch.randint(0, 320, (101,), generator=torch.Generator().manual_seed(0))
     depths = [1, 3, 8]
-    result = perplexity_at_depths(model, tokens, depths, seq_len=16, batch_size=3, progress=False)
+    result = perplexity_at_depths(model, windows(tokens, 16), depths, batch_size=3, progress=False)
     for r in depths:
         total, count = 0.0, 0
         for start in range(0, 100, 16):  # every token after the first predicted once
@@ -39,7 +40,7 @@ def test_perplexity_equals_model_loss(model):
         assert result[r]["loss"] == pytest.approx(total / count, abs=1e-5)
         assert result[r]["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
     # one window: exactly the model's loss at depth r on the same tokens
-    one = perplexity_at_depths(model, tokens[:33], [4], seq_len=32, progress=False)[4]["loss"]
+    one = perplexity_at_depths(model, [tokens[:33]], [4], progress=False)[4]["loss"]
     with torch.no_grad():
         assert one == pytest.approx(float(model(tokens[None, :32], num_steps=4, init_scale=0.0,
                                                 labels=tokens[None, 1:33]).loss), abs=1e-6)
@@ -47,12 +48,15 @@ def test_perplexity_equals_model_loss(model):
 
 def test_perplexity_limit_and_random_start(model):
     tokens = torch.randint(0, 320, (200,), generator=torch.Generator().manual_seed(1))
-    limited = perplexity_at_depths(model, tokens, [2], seq_len=10, limit=3, progress=False)
+    chunks = windows(tokens, 10)
+    limited = perplexity_at_depths(model, chunks, [2], limit=3, progress=False)
     assert limited[2]["tokens"] == 30
-    a = perplexity_at_depths(model, tokens, [2], seq_len=10, init_scale=1.0, seed=5, progress=False)
-    b = perplexity_at_depths(model, tokens, [2], seq_len=10, init_scale=1.0, seed=5, progress=False)
-    c = perplexity_at_depths(model, tokens, [2], seq_len=10, init_scale=1.0, seed=6, progress=False)
+    a = perplexity_at_depths(model, chunks, [2], init_scale=1.0, seed=5, progress=False)
+    b = perplexity_at_depths(model, chunks, [2], init_scale=1.0, seed=5, progress=False)
+    c = perplexity_at_depths(model, chunks, [2], init_scale=1.0, seed=6, progress=False)
     assert a == b and a[2]["loss"] != c[2]["loss"]
+    with pytest.raises(ValueError, match="exceed the model's context length"):
+        perplexity_at_depths(model, windows(tokens, 150), [1], progress=False)
 
 
 def test_load_tokens_formats(tmp_path, tiny_model_dir):
@@ -61,17 +65,35 @@ def test_load_tokens_formats(tmp_path, tiny_model_dir):
     np.save(tmp_path / "b.npy", ids.astype(np.int32))
     assert load_tokens(tmp_path / "a.bin", 320).tolist() == ids.tolist()
     assert load_tokens(tmp_path / "b.npy", 320).tolist() == ids.tolist()
-    assert load_tokens(tmp_path, 320).tolist() == ids.tolist() * 2  # a directory of shards, in name order
     tok = load_tokenizer(tiny_model_dir)
     (tmp_path / "t.txt").write_text("Now is the winter of our discontent")
     assert load_tokens(tmp_path / "t.txt", 320, tok).tolist() == tok.encode("Now is the winter of our discontent")
     with pytest.raises(ValueError, match="needs the model's tokenizer"):
         load_tokens(tmp_path / "t.txt", 320)
     with pytest.raises(ValueError, match="vocabulary has 256"):
-        load_tokens(tmp_path / "a.bin", 256)
+        load_windows(tmp_path / "a.bin", 256, seq_len=4)
+    with pytest.raises(FileNotFoundError, match="has no meta.json"):
+        load_windows(tmp_path, 320, seq_len=4)
     (tmp_path / "x.parquet").write_text("")
     with pytest.raises(ValueError, match="unknown data file format '.parquet'"):
         load_tokens(tmp_path / "x.parquet", 320)
+
+
+def test_perplexity_on_prepared_shards_is_the_validation_loss(model, tiny_model_dir, tmp_path):
+    """A `data prepare` directory: each held-out row is one window, as training validation reads it."""
+    from latentloop.train.data import ShardData, TextSource, prepare_shards
+
+    text = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt").read_text()
+    (tmp_path / "plays.txt").write_text(text[:20_000])
+    prepare_shards([TextSource(tmp_path / "plays.txt")], load_tokenizer(tiny_model_dir), tmp_path / "data",
+                   block_size=32, val_every=4, progress=False)
+    rows = load_windows(tmp_path / "data", 320, seq_len=999)
+    inputs, labels = zip(*ShardData(tmp_path / "data").validation(batches=10_000, batch_size=1), strict=True)
+    assert len(rows) == len(inputs) and all(r.numel() == 33 for r in rows)
+    with torch.no_grad():
+        expected = float(model(torch.cat(inputs), num_steps=3, init_scale=0.0, labels=torch.cat(labels)).loss)
+    assert perplexity_at_depths(model, rows, [3], progress=False)[3]["loss"] == pytest.approx(expected, abs=1e-5)
+    assert len(load_windows(tmp_path / "data", 320, seq_len=999, split="train")) > len(rows)
 
 
 def test_scores_match_model_and_padding_is_exact(model):
@@ -116,7 +138,7 @@ def test_eval_cli_perplexity_writes_json_and_plot(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--depths", "0", "4"], "--depths must all be >= 1"),
     ([], "nothing to evaluate"),
-    (["--data", "missing.bin"], "no such token shard"),
+    (["--data", "missing.bin"], "no such token file"),
 ])
 def test_eval_cli_bad_input(tiny_model_dir, tmp_path, capsys, argv, message):
     argv = [a if a != "missing.bin" else str(tmp_path / a) for a in argv]

@@ -7,8 +7,9 @@ import argparse
 DESCRIPTION = """Evaluate MODEL at several depths (iteration counts) in one pass per batch: the prelude
 runs once and the recurrence is read out at every depth.
 
-  --data   loss/perplexity on token shards (.bin uint16/uint32 by vocabulary, .npy, or a directory
-           of them) or a text file (.txt/.md, tokenized with the model's tokenizer).
+  --data   loss/perplexity on a `latentloop data prepare` directory (its validation rows by default,
+           --split), a token file (.bin uint16/uint32 by vocabulary, .npy) or a text file (.txt/.md,
+           tokenized with the model's tokenizer).
   --task   accuracy on local JSONL task files: generation tasks (prompt, reference answer, regex
            extraction, exact match, few-shot, chat template on/off) and multiple-choice tasks scored
            by log-likelihood (raw and length-normalized). See docs/evaluation.md for the format.
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=Formatter)
     p.add_argument("model", help="checkpoint directory, 'default' or hub id")
     p.add_argument("--depths", type=int, nargs="+", default=[1, 4, 8, 16, 32], help="iteration counts to evaluate")
-    p.add_argument("--data", help="token shard(s) or text file for loss/perplexity")
+    p.add_argument("--data", help="`data prepare` directory, token file (.bin/.npy) or text file for loss")
+    p.add_argument("--split", default="val", choices=["val", "train"], help="rows of a `data prepare` directory")
     p.add_argument("--task", action="append", default=[], help="JSONL task file (repeat for several)")
     p.add_argument("--format", help="built-in task config for files without a config line (gsm8k, generate, choice)")
     p.add_argument("--fewshot", type=int, help="number of few-shot demonstrations (overrides the task's)")
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, help="generation length cap (overrides the task's)")
     p.add_argument("--exit", help="adaptive-exit criterion for extra generation runs, e.g. kl:5e-4")
     p.add_argument("--limit", type=int, help="evaluate only this many windows / examples (quick runs)")
-    p.add_argument("--seq-len", type=int, help="window length for perplexity (default: the context length)")
+    p.add_argument("--seq-len", type=int, help="window length for token/text files (default: the context length)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--init-scale", type=float, default=0.0, help="random initial state scale (0 = zeros, exact)")
     p.add_argument("--seed", type=int, default=0, help="seed for random initial states")
@@ -67,10 +69,12 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
+    from pathlib import Path
+
     import torch
 
     from ..checkpoint import load_model, resolve_model_dir
-    from ..eval.perplexity import load_tokens, perplexity_at_depths
+    from ..eval.perplexity import TEXT_SUFFIXES, load_windows, perplexity_at_depths
     from ..eval.report import write_results
     from ..eval.tasks import load_task, run_task
     from ..exits import parse_exit
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = [load_task(path, format=args.format, num_fewshot=args.fewshot, chat=args.chat,
                        max_new_tokens=args.max_new_tokens) for path in args.task]
     directory = resolve_model_dir(args.model)
-    needs_tokenizer = bool(tasks) or (args.data and not str(args.data).endswith((".bin", ".npy")))
+    needs_tokenizer = bool(tasks) or (args.data and Path(args.data).suffix in TEXT_SUFFIXES)
     tokenizer = load_tokenizer(directory) if needs_tokenizer and (directory / "tokenizer.json").is_file() else None
     if tasks and tokenizer is None:
         raise FileNotFoundError(f"{directory} has no tokenizer.json; task files are text and need one")
@@ -90,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     results: dict = {"model": str(args.model), "depths": depths, "init_scale": args.init_scale, "limit": args.limit}
     if args.data:
-        tokens = load_tokens(args.data, model.config.vocab_size, tokenizer)
-        ppl = perplexity_at_depths(model, tokens, depths, seq_len=args.seq_len, batch_size=args.batch_size,
-                                   limit=args.limit, init_scale=args.init_scale, seed=args.seed,
-                                   progress=not args.quiet)
+        chunks = load_windows(args.data, model.config.vocab_size, args.seq_len or model.config.context_length,
+                              tokenizer, split=args.split)
+        ppl = perplexity_at_depths(model, chunks, depths, batch_size=args.batch_size, limit=args.limit,
+                                   init_scale=args.init_scale, seed=args.seed, progress=not args.quiet)
         results["perplexity"] = {"source": str(args.data), "tokens": next(iter(ppl.values()))["tokens"],
                                  "depths": {str(d): v for d, v in ppl.items()}}
         for d, v in ppl.items():

@@ -1,8 +1,10 @@
-"""Loss and perplexity at a list of depths on a token stream (token shards or a text file).
+"""Loss and perplexity at a list of depths on token shards or a text file.
 
-Windows of `seq_len + 1` tokens step by `seq_len`, so every token after the first is predicted
-exactly once. Each batch runs `model.forward_depths` once: the prelude is computed a single time
-and the recurrence is read out as it passes each requested depth.
+The data becomes windows of up to `seq_len + 1` tokens: the rows of a `latentloop data prepare`
+directory (its validation split by default, exactly what training validates on), or consecutive
+slices of a token file / text that overlap by one token, so every token after the first is
+predicted once. Each batch runs `model.forward_depths` once: the prelude is computed a single
+time and the recurrence is read out as it passes each requested depth.
 """
 
 from __future__ import annotations
@@ -17,26 +19,18 @@ from tqdm import tqdm
 
 from ..model import RecurrentDepthLM
 from ..tokenizer import Tokenizer
+from ..train.data import META_FILE, ShardData, shard_dtype
 
-SHARD_SUFFIXES = (".bin", ".npy")
+TOKEN_SUFFIXES = (".bin", ".npy")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 
 
-def shard_dtype(vocab_size: int) -> np.dtype:
-    """Raw `.bin` shards hold uint16 when every id fits, uint32 otherwise (the training data format)."""
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
 def load_tokens(path: str | Path, vocab_size: int, tokenizer: Tokenizer | None = None) -> torch.Tensor:
-    """A 1-D LongTensor of token ids from a `.bin`/`.npy` shard, a directory of shards, or a text file."""
+    """A 1-D LongTensor of token ids from a `.bin` file (uint16 when the vocabulary fits, else uint32,
+    as `data prepare` writes), a `.npy` array, or a text file encoded with `tokenizer`."""
     path = Path(path)
-    if path.is_dir():
-        shards = sorted(p for p in path.iterdir() if p.suffix in SHARD_SUFFIXES)
-        if not shards:
-            raise FileNotFoundError(f"{path} holds no token shards ({', '.join(SHARD_SUFFIXES)} files)")
-        return torch.cat([load_tokens(p, vocab_size) for p in shards])
     if not path.is_file():
-        raise FileNotFoundError(f"no such token shard or text file: {path}")
+        raise FileNotFoundError(f"no such token file or text file: {path}")
     if path.suffix == ".npy":
         array = np.load(path, mmap_mode="r").reshape(-1)
     elif path.suffix == ".bin":
@@ -47,17 +41,12 @@ def load_tokens(path: str | Path, vocab_size: int, tokenizer: Tokenizer | None =
         array = np.asarray(tokenizer.encode(path.read_text(encoding="utf-8")), dtype=np.int64)
     else:
         raise ValueError(
-            f"unknown data file format {path.suffix!r} for {path}: pass token shards "
-            f"({', '.join(SHARD_SUFFIXES)}) or a text file ({', '.join(TEXT_SUFFIXES)})"
+            f"unknown data file format {path.suffix!r} for {path}: pass a `data prepare` directory, token ids "
+            f"({', '.join(TOKEN_SUFFIXES)}) or a text file ({', '.join(TEXT_SUFFIXES)})"
         )
     tokens = torch.from_numpy(np.asarray(array, dtype=np.int64))
     if tokens.numel() < 2:
         raise ValueError(f"{path} holds {tokens.numel()} token(s); perplexity needs at least 2")
-    if int(tokens.max()) >= vocab_size:
-        raise ValueError(
-            f"{path} holds token id {int(tokens.max())} but the model's vocabulary has {vocab_size} entries; "
-            "was it tokenized for another model?"
-        )
     return tokens
 
 
@@ -68,27 +57,52 @@ def windows(tokens: torch.Tensor, seq_len: int) -> list[torch.Tensor]:
     return [tokens[i:i + seq_len + 1] for i in range(0, tokens.numel() - 1, seq_len)]
 
 
+def load_windows(
+    path: str | Path, vocab_size: int, seq_len: int, tokenizer: Tokenizer | None = None, split: str = "val"
+) -> list[torch.Tensor]:
+    """Evaluation windows from a shard directory (its rows of `split`) or a token/text file."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / META_FILE).is_file():
+            raise FileNotFoundError(f"{path} has no {META_FILE}: pass a `latentloop data prepare` directory, "
+                                    "a token file or a text file")
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        data = ShardData(path)
+        arrays = data.val if split == "val" else data.train
+        result = [torch.from_numpy(np.asarray(row, dtype=np.int64)) for source in arrays for a in source for row in a]
+        if not result:
+            raise ValueError(f"{path} has no {split} rows")
+    else:
+        result = windows(load_tokens(path, vocab_size, tokenizer), seq_len)
+    largest = max(int(w.max()) for w in result)
+    if largest >= vocab_size:
+        raise ValueError(f"{path} holds token id {largest} but the model's vocabulary has {vocab_size} entries; "
+                         "was it tokenized for another model?")
+    return result
+
+
 @torch.no_grad()
 def perplexity_at_depths(
     model: RecurrentDepthLM,
-    tokens: torch.Tensor,
+    chunks: Sequence[torch.Tensor],
     depths: Sequence[int],
-    seq_len: int | None = None,
     batch_size: int = 8,
     limit: int | None = None,
     init_scale: float = 0.0,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[int, dict[str, float]]:
-    """{depth: {"loss", "perplexity", "tokens"}}: mean next-token cross-entropy over the stream.
+    """{depth: {"loss", "perplexity", "tokens"}}: mean next-token cross-entropy over all windows.
 
-    `limit` caps the number of windows (quick runs). `init_scale=0` starts the recurrence from
-    zeros, which makes the numbers exact; 1.0 uses the random start of training (seeded by `seed`).
+    Each window of n tokens predicts its last n - 1; `limit` caps the number of windows (quick runs).
+    `init_scale=0` starts the recurrence from zeros, which makes the numbers exact; 1.0 uses the random
+    start of training (seeded by `seed`).
     """
-    seq_len = seq_len or model.config.context_length
-    if seq_len > model.config.context_length:
-        raise ValueError(f"seq_len {seq_len} exceeds the model's context length {model.config.context_length}")
-    chunks = windows(tokens, seq_len)[:limit]
+    chunks = list(chunks)[:limit]
+    longest = max(c.numel() for c in chunks) - 1
+    if longest > model.config.context_length:
+        raise ValueError(f"windows of {longest} inputs exceed the model's context length {model.config.context_length}")
     by_length: dict[int, list[torch.Tensor]] = {}
     for chunk in chunks:
         by_length.setdefault(chunk.numel(), []).append(chunk)

@@ -1,0 +1,66 @@
+"""`latentloop chat MODEL`: an interactive conversation in huginn's chat format, answers streamed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """Chat with a model: type a message, read the streamed answer; every answer ends with
+its iterations per token and speed (on stderr). /reset forgets the conversation, /exit (or end of
+input) quits. Reads from a pipe too. Takes every option of `latentloop generate`.
+
+examples:
+  latentloop chat default
+  latentloop chat default --steps 32 --exit kl:5e-4 --warm-start
+  printf 'What is 2+3?\\n' | latentloop chat path/to/model --max-new-tokens 64
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from . import Formatter
+    from .generate import add_generation_options
+
+    p = sub.add_parser("chat", help="interactive chat (streamed answers)", description=DESCRIPTION,
+                       formatter_class=Formatter)
+    add_generation_options(p)
+    p.add_argument("--system", default=None, help="a system message that opens the conversation")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..generate import stream
+    from .generate import generation_options, load
+
+    model, tokenizer = load(args)
+    options = generation_options(args, model.config.mean_recurrence)
+    opening = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(opening)
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            return 0
+        if line.strip() == "/reset":
+            messages = list(opening)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        prompt = fit_to_context(tokenizer, messages, opening, model.config.context_length - options["max_new_tokens"])
+        answer = stream(model, prompt, tokenizer, **options)
+        for piece in answer:
+            print(piece, end="", flush=True)
+        print()
+        print(f"[{answer.result.summary()}]", file=sys.stderr)
+        messages.append({"role": "assistant", "content": answer.result.text})
+
+
+def fit_to_context(tokenizer, messages: list[dict], opening: list[dict], budget: int) -> str:
+    """The chat prompt, dropping the oldest exchanges until it leaves room for the answer."""
+    while True:
+        prompt = tokenizer.chat_prompt(messages)
+        if len(tokenizer.encode(prompt)) <= budget or len(messages) <= len(opening) + 1:
+            return prompt
+        del messages[len(opening) : len(opening) + 2]

@@ -1,0 +1,100 @@
+"""`latentloop generate MODEL PROMPT`: stream a continuation with every test-time compute option."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """Continue a text prompt, streaming the answer; the last line (on stderr) gives the
+iterations used per token and the speed. Greedy unless --temperature > 0.
+MODEL is a checkpoint directory with tokenizer.json, 'default' (the bundled model) or a hub id.
+
+examples:
+  latentloop generate default "a=3;b=a;?b=" --steps 32
+  latentloop generate default "Once upon a time" --exit kl:5e-4 --min-steps 4 --max-steps 64
+  latentloop generate default "Once upon a time" --kv-budget 1 --warm-start
+  latentloop generate default "Once upon a time" --draft-steps 4 --lookahead 4 --steps 32
+  latentloop generate path/to/model "Hello" --temperature 0.8 --top-p 0.9 --seed 0 --stop "\\n\\n"
+"""
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    """The options `generate` and `chat` share (they map one to one onto `latentloop.generate`)."""
+    p.add_argument("model", nargs="?", default="default", help="checkpoint directory, 'default' or hub id")
+    g = p.add_argument_group("depth")
+    g.add_argument("--steps", type=int, default=None,
+                   help="core iterations per token (the maximum with --exit); default: the model's mean_recurrence")
+    g.add_argument("--exit", default=None, metavar="SPEC",
+                   help="early exit per token: kl[:5e-4], entropy[:1e-3], latent-diff[:0.03], argmax-stability[:5]")
+    g.add_argument("--min-steps", type=int, default=1, help="with --exit: never stop before this many iterations")
+    g.add_argument("--max-steps", type=int, default=None, help="with --exit: never run more (default --steps)")
+    g.add_argument("--kv-budget", type=int, default=None, help="keep K/V of only this many iterations per core layer")
+    g.add_argument("--warm-start", action="store_true", help="start each token from the previous token's latent")
+    g.add_argument("--init-scale", type=float, default=1.0, help="scale of the random initial latent (0 = zeros)")
+    g.add_argument("--draft-steps", type=int, default=None,
+                   help="self-speculative decoding: draft with this many iterations, verify with --steps")
+    g.add_argument("--lookahead", type=int, default=4, help="tokens drafted per speculative round")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--min-p", type=float, default=None)
+    s.add_argument("--repetition-penalty", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=None, help="seed for sampling and the initial latent")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as stored")
+
+
+def generation_options(args: argparse.Namespace, default_steps: int) -> dict:
+    """Command-line flags -> keyword arguments of `latentloop.generate` (--steps defaults to the model's)."""
+    from ..exits import parse_exit
+
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    sampling_only = {"--top-k": args.top_k, "--top-p": args.top_p, "--min-p": args.min_p}
+    given = [flag for flag, value in sampling_only.items() if value is not None]
+    if given and args.temperature == 0:
+        raise ValueError(f"{', '.join(given)} only apply when sampling: add --temperature (e.g. 0.8)")
+    if args.exit is None and (args.min_steps != 1 or args.max_steps is not None):
+        raise ValueError("--min-steps/--max-steps bound an early exit: add --exit (e.g. --exit kl:5e-4)")
+    return dict(
+        num_steps=default_steps if args.steps is None else args.steps, init_scale=args.init_scale,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+        exit=parse_exit(args.exit, args.min_steps, args.max_steps), kv_budget=args.kv_budget,
+        warm_start=args.warm_start, stop=args.stop, draft_steps=args.draft_steps, lookahead=args.lookahead,
+    )
+
+
+def load(args: argparse.Namespace):
+    """The model and its tokenizer (a clear error when the directory has no tokenizer.json)."""
+    from ..checkpoint import load_model
+    from ..tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, dtype=args.dtype)
+    return model, tokenizer
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from . import Formatter
+
+    p = sub.add_parser("generate", help="continue a prompt (streams; adaptive depth, speculation, sampling)",
+                       description=DESCRIPTION, formatter_class=Formatter)
+    add_generation_options(p)
+    p.add_argument("prompt", help="the text to continue")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..generate import stream
+
+    model, tokenizer = load(args)
+    text = stream(model, args.prompt, tokenizer, **generation_options(args, model.config.mean_recurrence))
+    for piece in text:
+        print(piece, end="", flush=True)
+    print()
+    print(f"[{text.result.summary()}]", file=sys.stderr)
+    return 0

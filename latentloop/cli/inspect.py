@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random initial states")
     p.add_argument("--exit-threshold", type=float, default=5e-4, help="KL exit threshold for the exit-step figure")
     p.add_argument("--max-tokens", type=int, default=128, help="refuse longer texts (figures get unreadable)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device; None = cuda if available, else cpu")
     p.set_defaults(func=run)
 
 

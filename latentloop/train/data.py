@@ -36,7 +36,7 @@ class DataSource(Protocol):
 
     vocab_size: int
     block_size: int
-    tokenizer_dir: Path | None
+    tokenizer: Any  # saved beside the trained model when not None
 
     def global_batch(self, step: int, batch_size: int) -> Batch: ...
 
@@ -187,7 +187,11 @@ class ShardData:
         self.block_size = self.meta["block_size"]
         self.vocab_size = self.meta["vocab_size"]
         self.dtype = self.meta["dtype"]
-        self.tokenizer_dir = self.directory if (self.directory / "tokenizer.json").is_file() else None
+        self.tokenizer = None
+        if (self.directory / "tokenizer.json").is_file():
+            from ..tokenizer import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.directory / "tokenizer.json")
         sources = self.meta["sources"]
         unknown = sorted(set(mixture or {}) - set(sources))
         if unknown:
@@ -240,7 +244,12 @@ def to_batch(rows: np.ndarray) -> Batch:
 
 # --- generated tasks -------------------------------------------------------------------------------------
 class TaskData:
-    """A procedurally generated task (`latentloop.tasks.get_task`): fresh problems every step."""
+    """A procedurally generated task (`latentloop.tasks.get_task`): fresh problems every step.
+
+    The interface is `task.batch(rng, batch_size) -> (input_ids, labels)` and `task.vocab_size`; a task
+    that also offers `problems(split, count, seed)` and `encode(problems)` is validated on its
+    held-out split, otherwise on batches from a generator stream training never uses.
+    """
 
     VALIDATION_STREAM = 2**31 - 1  # a step number training never reaches
 
@@ -252,8 +261,8 @@ class TaskData:
         self.task = tasks.get_task(name, **task_args)
         self.seed = seed
         self.vocab_size = int(self.task.vocab_size)
-        self.tokenizer_dir = None
-        self.block_size = int(self._batch(np.random.default_rng([seed, self.VALIDATION_STREAM]), 2)[0].shape[1])
+        self.tokenizer = getattr(self.task, "tokenizer", None)
+        self.block_size = int(self._batch(np.random.default_rng([seed, self.VALIDATION_STREAM]), 8)[0].shape[1])
 
     def _batch(self, rng: np.random.Generator, batch_size: int) -> Batch:
         input_ids, labels = self.task.batch(rng, batch_size)
@@ -263,5 +272,9 @@ class TaskData:
         return self._batch(np.random.default_rng([self.seed, step, 1]), batch_size)
 
     def validation(self, batches: int, batch_size: int) -> list[Batch]:
+        if hasattr(self.task, "problems") and hasattr(self.task, "encode"):
+            problems = self.task.problems("validation", batches * batch_size, seed=self.seed)
+            return [tuple(torch.as_tensor(t, dtype=torch.long) for t in self.task.encode(problems[i:i + batch_size]))
+                    for i in range(0, len(problems), batch_size)]
         return [self._batch(np.random.default_rng([self.seed, self.VALIDATION_STREAM, i]), batch_size)
                 for i in range(batches)]

@@ -39,11 +39,11 @@ class ChatData:
     """Conversations from a JSONL file of `{"messages": [...]}`; the last `val_fraction` are held out."""
 
     def __init__(self, path: str | Path, tokenizer: Tokenizer, block_size: int, seed: int = 0,
-                 val_fraction: float = 0.05, tokenizer_dir: Path | None = None) -> None:
+                 val_fraction: float = 0.05) -> None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no chat data at {path} (data.path): expected JSONL with a 'messages' list")
-        self.tokenizer_dir = tokenizer_dir
+        self.tokenizer = tokenizer
         self.vocab_size = tokenizer.vocab_size
         self.block_size = block_size
         self.seed = seed

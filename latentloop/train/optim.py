@@ -31,7 +31,7 @@ class HuginnAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad.float()
+                g = p.grad.to(torch.promote_types(p.grad.dtype, torch.float32))  # fp32 moments at least
                 state = self.state[p]
                 if not state:
                     state["step"] = 0

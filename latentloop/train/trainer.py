@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -86,7 +85,7 @@ def open_data(recipe: Recipe, config: ModelConfig) -> DataSource:
         model_dir = resolve_model_dir(resolve_recipe_path(recipe, recipe.model.init_from))
         tokenizer = load_tokenizer(model_dir)
         block = d.block_size or config.context_length
-        return ChatData(path, tokenizer, block, seed=recipe.seed, tokenizer_dir=model_dir)
+        return ChatData(path, tokenizer, block, seed=recipe.seed)
     data = ShardData(path, seed=recipe.seed, mixture=d.mixture)
     if d.block_size is not None and d.block_size != data.block_size:
         raise RecipeError(f"data.block_size = {d.block_size} but the shards in {path} hold blocks of "
@@ -337,9 +336,8 @@ class Trainer:
         plain.load_state_dict(state, strict=False)
         plain.tie_weights()
         plain.save_pretrained(str(directory))
-        tokenizer_dir = self.plan.data.tokenizer_dir
-        if tokenizer_dir is not None and (tokenizer_dir / "tokenizer.json").is_file():
-            shutil.copy2(tokenizer_dir / "tokenizer.json", directory / "tokenizer.json")
+        if self.plan.data.tokenizer is not None:
+            self.plan.data.tokenizer.save(directory)
 
     def save_checkpoint(self, step: int) -> Path:
         directory = ckpt.checkpoint_dir(self.out, step)
@@ -400,10 +398,31 @@ class Trainer:
         self.save_model(self.out / "model")
         barrier(self.world)
         summary = {"step": self.step, "val": self.last_val, "model_dir": str(self.out / "model")}
+        if self.world.is_main and r.train.sample_tokens:
+            summary["sample"] = self.sample(self.out / "model")
+            print(f"sample: {summary['sample']}", file=sys.stderr)
         if self.world.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.log.close()
         return summary
+
+    def sample(self, model_dir: Path) -> str:
+        """Continue `train.sample_prompt` with the saved model: a look at what the run learned."""
+        from ..generate import generate
+        from ..tokenizer import load_tokenizer
+
+        if not (model_dir / "tokenizer.json").is_file():
+            return "(the data has no tokenizer: nothing to sample)"
+        r = self.recipe.train
+        tokenizer = load_tokenizer(model_dir)
+        model = load_model(model_dir, device=self.device)
+        prompt = r.sample_prompt or tokenizer.decode([tokenizer.bos_id or 0])
+        result = generate(model, prompt, tokenizer, max_new_tokens=r.sample_tokens,
+                          num_steps=self.config.mean_recurrence, do_sample=True, temperature=0.8, top_k=40,
+                          seed=self.recipe.seed)
+        text = prompt + (result.text or "")
+        (self.out / "sample.txt").write_text(text + "\n")
+        return text
 
     @staticmethod
     def describe_val(step: int, val: dict[str, Any]) -> str:

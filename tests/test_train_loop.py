@@ -1,0 +1,155 @@
+"""End to end: a micro model learns generated data, its saved model reproduces the trainer's validation,
+a SIGKILLed run resumes to the same weights, and two torchrun processes follow one process's curve."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import REPO, make_shards, micro_recipe, train_losses, write_toml
+
+import latentloop
+from latentloop.train.recipe import load_recipe
+from latentloop.train.trainer import Trainer, train
+
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: tiny matmuls gain nothing from more, and runs stay bitwise comparable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return make_shards(tmp_path_factory.mktemp("plays"))
+
+
+class MarkovTask:
+    """Generated data: each token has two possible successors, so the achievable loss is ln 2."""
+
+    vocab_size = 32
+
+    def __init__(self, length: int = 24) -> None:
+        self.length = length
+        self.successors = np.random.default_rng(123).integers(0, self.vocab_size, size=(self.vocab_size, 2))
+
+    def batch(self, rng: np.random.Generator, batch_size: int):
+        ids = np.zeros((batch_size, self.length + 1), dtype=np.int64)
+        ids[:, 0] = rng.integers(0, self.vocab_size, batch_size)
+        for t in range(self.length):
+            ids[:, t + 1] = self.successors[ids[:, t], rng.integers(0, 2, batch_size)]
+        labels = torch.tensor(ids[:, 1:])
+        labels[:, :3] = -100  # only some positions are answers
+        return torch.tensor(ids[:, :-1]), labels
+
+
+@pytest.fixture
+def fake_tasks(monkeypatch):
+    module = types.ModuleType("latentloop.tasks")
+    module.get_task = lambda name, **kw: MarkovTask(**kw) if name == "markov" else (_ for _ in ()).throw(
+        ValueError(f"unknown task {name!r}"))
+    monkeypatch.setitem(sys.modules, "latentloop.tasks", module)
+    monkeypatch.setattr(latentloop, "tasks", module, raising=False)
+
+
+def test_micro_model_learns_a_generated_task_and_its_checkpoint_reproduces_validation(tmp_path, fake_tasks):
+    recipe = load_recipe(None, base=micro_recipe(
+        None, model={"vocab_size": 32}, data={"source": "task:markov", "task_args": {"length": 24}},
+        train={"steps": 240, "val_every": 120, "log_every": 20, "ckpt_every": 120}, schedule={"warmup_steps": 20},
+        optim={"lr": 1e-2}))
+    trainer = Trainer(recipe, out=tmp_path / "run", progress=False)
+    before = trainer.validate(0)
+    summary = trainer.fit()
+    after = summary["val"]
+    assert before["loss@4"] > 3.0  # ~ln 32 at initialization
+    assert after["loss@4"] < before["loss@4"] - 1.5  # the ideal is ln 2 = 0.69
+    assert after["loss@4"] < 1.6
+    assert set(after) >= {"loss@1", "ppl@32", "token_corr_state", "token_corr_final", "state_norm@4",
+                          "relative_change_last"}
+
+    model = latentloop.load_model(tmp_path / "run" / "model")
+    for depth in (1, 4, 32):
+        total, count = 0.0, 0
+        for x, y in trainer.plan.val_set:
+            logits = model.forward_depths(x, [depth])[depth].logits
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+            count += int((y != -100).sum())
+        assert total / count == pytest.approx(after[f"loss@{depth}"], rel=1e-5)
+
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [120, 240]
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in records if r["kind"] == "train")
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000120", "step-000240"]
+    assert latentloop.load_config(tmp_path / "run" / "checkpoints" / "step-000120").vocab_size == 32
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_weights(tmp_path, shards):
+    base = micro_recipe(shards, train={"steps": 60, "ckpt_every": 10, "val_every": 30, "keep_last": 2},
+                        data={"grad_accum": 2}, optim={"weight_decay": 0.1})
+    recipe_file = write_toml(tmp_path / "recipe.toml", base)
+    train(load_recipe(recipe_file), out=tmp_path / "straight", progress=False)
+
+    command = [sys.executable, "-m", "latentloop", "train", str(recipe_file), "--out", str(tmp_path / "killed"),
+               "--no-progress"]
+    proc = subprocess.Popen(command, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = tmp_path / "killed" / "checkpoints" / "step-000010" / "trainer_state.pt"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model").exists()  # it really died mid-way
+
+    resumed = subprocess.run([*command, "--resume"], env=SUBPROCESS_ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    again = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    assert straight.keys() == again.keys()
+    for name in straight:
+        assert torch.equal(straight[name], again[name]), name
+    assert train_losses(tmp_path / "killed") == train_losses(tmp_path / "straight")
+    kept = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert kept == ["step-000050", "step-000060"]  # keep_last = 2
+
+
+def test_restarting_without_resume_refuses_to_overwrite(tmp_path, shards):
+    recipe = load_recipe(None, base=micro_recipe(shards, train={"steps": 2, "val_every": 2}))
+    train(recipe, out=tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="pass --resume"):
+        train(recipe, out=tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_torchrun_processes_follow_the_single_process_curve(tmp_path, shards, strategy):
+    base = micro_recipe(shards, train={"steps": 6, "val_every": 6, "distributed": strategy},
+                        data={"batch_size": 8, "grad_accum": 2})
+    recipe_file = write_toml(tmp_path / "recipe.toml", base)
+    train(load_recipe(recipe_file), out=tmp_path / "one", progress=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "latentloop", "train", str(recipe_file), "--out", str(tmp_path / "two"), "--no-progress"]
+    result = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert len(one) == len(two) == 6
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)

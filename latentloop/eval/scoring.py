@@ -62,11 +62,10 @@ def score_continuations(
             ids[b, : len(inputs)] = torch.tensor(inputs)
         outputs = model.forward_depths(ids.to(device), list(depths), init_scale=init_scale)
         for depth, out in outputs.items():
-            logprobs = torch.log_softmax(out.logits, dim=-1)
             for b, (index, inputs, targets, n_cont) in enumerate(batch):
-                positions = torch.arange(len(inputs) - n_cont, len(inputs), device=device)
                 wanted = torch.tensor(targets[-n_cont:], device=device)
-                rows_lp = logprobs[b, positions]
+                # normalize only the continuation's rows: [n_cont, V], not the whole [B, S, V]
+                rows_lp = torch.log_softmax(out.logits[b, len(inputs) - n_cont:len(inputs)], dim=-1)
                 results[depth][index] = Score(
                     logprob=float(rows_lp.gather(-1, wanted[:, None]).sum()),
                     is_greedy=bool((rows_lp.argmax(-1) == wanted).all()),

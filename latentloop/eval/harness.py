@@ -19,10 +19,14 @@ import sys
 from typing import Any
 
 import torch
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
+
+try:
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+except ImportError as err:  # the adapter is an optional extra
+    raise ImportError(f"the lm-eval adapter needs lm_eval ({err}): pip install 'latentloop[eval]'") from err
 
 from ..checkpoint import load_model
 from ..exits import parse_exit

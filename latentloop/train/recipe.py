@@ -185,7 +185,7 @@ def build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls) if f.name != "base_dir"}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise RecipeError(f"unknown recipe key {prefix}{unknown[0]!r}; known keys here: {sorted(names)}")
+        raise RecipeError(f"unknown recipe key '{prefix}{unknown[0]}'; known keys here: {sorted(names)}")
     values = {}
     for name, value in data.items():
         values[name] = coerce(value, hints[name], f"{prefix}{name}")

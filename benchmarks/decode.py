@@ -1,0 +1,154 @@
+"""Decoding speed against the machine's bounds; prints one JSON object.
+
+Random models of hidden 256 and 1024 (4 heads per 256, SwiGLU width 2.75 h, vocab 4096, 2-4-2 layers),
+prompt 32, 64 new tokens, greedy. Measures the machine's matrix-vector bandwidth and matmul throughput
+in the same run, and reports each batch-1 figure as a fraction of its bandwidth bound
+(bytes of weights streamed per token / bandwidth). Compare with the reference implementation's
+figures measured on this 2-core machine (`REFERENCE`).
+
+    python benchmarks/decode.py            # everything (~10 minutes on 2 cores)
+    python benchmarks/decode.py --quick    # a short subset
+    python benchmarks/decode.py --threads 1  # one thread: steadier when other jobs share the cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+from latentloop import ModelConfig, RecurrentDepthLM
+from latentloop.cache import KVCache
+from latentloop.generate import generate
+
+REFERENCE = {"h256_r4": 45.0, "h256_r32": 8.4, "h1024_r4": 11.0, "h1024_r32": 1.7}  # tokens/s, fp32 batch 1
+PROMPT, NEW = 32, 64
+
+
+def model_config(hidden: int) -> ModelConfig:
+    return ModelConfig(hidden_size=hidden, num_heads=hidden // 64, intermediate_size=int(2.75 * hidden),
+                       vocab_size=4096, context_length=1024, n_prelude=2, n_core=4, n_coda=2)
+
+
+def timed(fn, repeat: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def machine_bounds(dtype: torch.dtype) -> dict:
+    """Matrix-vector bandwidth (GB/s, a 128 MB fp32 matrix: out of cache) and matmul GFLOP/s."""
+    matrix = torch.randn(8192, 4096).to(dtype)
+    vector = torch.randn(4096).to(dtype)
+    seconds = timed(lambda: torch.mv(matrix, vector), 20)
+    a, b = torch.randn(1024, 1024).to(dtype), torch.randn(1024, 1024).to(dtype)
+    mm = timed(lambda: a @ b, 10)
+    return {"matvec_GBps": matrix.numel() * matrix.element_size() / seconds / 1e9,
+            "matmul_GFLOPs": 2 * 1024**3 / mm / 1e9}
+
+
+def bytes_per_token(config: ModelConfig, num_steps: int, element_size: int) -> int:
+    """Weights read for one token at batch 1: prelude and coda once, core and adapter per iteration, head."""
+    h, inter = config.hidden_size, config.intermediate_size
+    block = 3 * h * h + h * h + 2 * h * inter + inter * h + 4 * h
+    adapter = 2 * h * h
+    params = (config.n_prelude + config.n_coda) * block + num_steps * (config.n_core * block + adapter)
+    params += config.vocab_size * h + h  # head (+ final norm)
+    return params * element_size
+
+
+def run_case(model, prompt, num_steps: int, new_tokens: int, **options) -> dict:
+    generate(model, prompt, num_steps=num_steps, init_scale=0.0, max_new_tokens=2, **options)  # warm-up
+    result = generate(model, prompt, num_steps=num_steps, init_scale=0.0, max_new_tokens=new_tokens,
+                      stop_ids=[], **options)
+    row = {"tokens_per_s": round(result.tokens_per_second, 2), "mean_iterations": round(result.mean_iterations, 2),
+           "cache_bytes": result.cache_bytes}
+    if result.acceptance_rate is not None:
+        row["acceptance_rate"] = round(result.acceptance_rate, 3)
+    return row | {"_tokens": result.tokens}
+
+
+def cases(quick: bool) -> list[tuple]:
+    """(hidden, dtype, batch, num_steps, name, options)."""
+    f32, bf16 = torch.float32, torch.bfloat16
+    plan = [(256, f32, 1, 4, "full", {}), (256, f32, 1, 32, "full", {}),
+            (256, f32, 1, 32, "speculative_d4", {"draft_steps": 4, "lookahead": 4}),
+            (1024, f32, 1, 4, "full", {}), (1024, f32, 1, 32, "full", {})]
+    if quick:
+        return plan
+    return plan + [
+        (256, f32, 8, 4, "full", {}), (256, f32, 8, 32, "full", {}),
+        (256, bf16, 1, 4, "full", {}), (256, bf16, 1, 32, "full", {}),
+        (256, f32, 1, 32, "kv_budget_1", {"kv_budget": 1}),
+        (256, f32, 1, 32, "kl_exit", {"exit": "kl:5e-4"}),
+        (256, f32, 1, 32, "kl_exit_warm_start", {"exit": "kl:5e-4", "warm_start": True}),
+        (1024, f32, 8, 4, "full", {}), (1024, bf16, 1, 4, "full", {}),
+        (1024, f32, 1, 32, "kv_budget_1", {"kv_budget": 1}),
+        (1024, f32, 1, 32, "kl_exit", {"exit": "kl:5e-4"}),
+        (1024, f32, 1, 32, "speculative_d4", {"draft_steps": 4, "lookahead": 4}),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="5 cases, 16 new tokens")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    new_tokens = 16 if args.quick else NEW
+    torch.manual_seed(0)
+    bounds = {"float32": machine_bounds(torch.float32), "bfloat16": machine_bounds(torch.bfloat16)}
+    report: dict = {"machine": {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                                "load_average": os.getloadavg(), **{k: {n: round(v, 2) for n, v in b.items()}
+                                                                    for k, b in bounds.items()}},
+                    "setup": {"prompt": PROMPT, "new_tokens": new_tokens, "greedy": True, "init_scale": 0.0},
+                    "reference_tokens_per_s": REFERENCE, "results": []}
+    models: dict = {}
+    plain_tokens: dict = {}
+    for hidden, dtype, batch, steps, name, options in cases(args.quick):
+        if (hidden, dtype) not in models:
+            model = RecurrentDepthLM(model_config(hidden))
+            model.init_weights(torch.Generator().manual_seed(0))
+            models[hidden, dtype] = model.to(dtype).eval()
+        model = models[hidden, dtype]
+        prompt = torch.randint(0, 4096, (batch, PROMPT), generator=torch.Generator().manual_seed(1))
+        row = {"hidden": hidden, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "num_steps": steps,
+               "variant": name} | run_case(model, prompt, steps, new_tokens, **options)
+        tokens = row.pop("_tokens")
+        key = (hidden, dtype, batch, steps)
+        if name == "full":
+            plain_tokens[key] = tokens
+            ref = REFERENCE.get(f"h{hidden}_r{steps}") if dtype == torch.float32 and batch == 1 else None
+            if ref:
+                row["speedup_vs_reference"] = round(row["tokens_per_s"] / ref, 2)
+        elif key in plain_tokens:
+            full = next(r for r in report["results"] if r["variant"] == "full" and
+                        (r["hidden"], r["dtype"], r["batch"], r["num_steps"]) == (hidden, row["dtype"], batch, steps))
+            row["speedup_vs_full"] = round(row["tokens_per_s"] / full["tokens_per_s"], 2)
+            if name.startswith("speculative"):
+                row["same_tokens_as_full"] = tokens == plain_tokens[key]
+            row["cache_fraction_of_full"] = round(row["cache_bytes"] / full["cache_bytes"], 4)
+        if batch == 1:
+            kind = row["dtype"]
+            bound = bounds[kind]["matvec_GBps"] * 1e9 / bytes_per_token(model.config, row["mean_iterations"],
+                                                                        torch.tensor([], dtype=dtype).element_size())
+            row["bandwidth_bound_tokens_per_s"] = round(bound, 2)
+            row["fraction_of_bound"] = round(row["tokens_per_s"] / bound, 3)
+        report["results"].append(row)
+        print(json.dumps(row), flush=True, file=sys.stderr)
+    config = model_config(256)
+    full, shared = KVCache(config, 1, PROMPT + NEW, 32), KVCache(config, 1, PROMPT + NEW, 32, kv_budget=1)
+    report["cache_memory_h256_r32"] = {"full_bytes": full.nbytes, "kv_budget_1_bytes": shared.nbytes,
+                                       "fraction": round(shared.nbytes / full.nbytes, 4)}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,9 @@ class ModelRecipe:
 @dataclass
 class DataRecipe:
     path: str | None = None  # directory written by `latentloop data prepare`
+    text: list[str] = field(default_factory=list)  # PATH[:WEIGHT[:NAME]] sources: prepare `path` if absent
+    tokenizer_vocab: int = 4096  # with `text`: BPE trained on the sources when `path` has no tokenizer
+    val_every: int = 20  # with `text`: every Nth block is held out
     source: str = "shards"  # "shards" | "task:NAME" | "chat" (JSONL of `messages`, see finetune)
     task_args: dict[str, Any] = field(default_factory=dict)
     mixture: dict[str, float] = field(default_factory=dict)  # source name -> weight (default: as prepared)

@@ -73,6 +73,8 @@ def open_data(recipe: Recipe, config: ModelConfig) -> DataSource:
     if d.path is None:
         raise RecipeError(f"data.path is not set; data.source = {d.source!r} reads a file or directory from it")
     path = recipe.resolve(d.path)
+    if d.text and not (path / "meta.json").is_file():
+        prepare_from_text(recipe, path)
     if not path.exists():
         raise RecipeError(f"data.path {path} does not exist; make shards with `latentloop data prepare` "
                           "or fix the path (relative paths start at the recipe's folder)")
@@ -95,6 +97,31 @@ def open_data(recipe: Recipe, config: ModelConfig) -> DataSource:
         raise RecipeError(f"model.vocab_size = {config.vocab_size} is larger than the {data.dtype} shards in "
                           f"{path} can hold ({limit} ids); re-prepare with --dtype uint32")
     return data
+
+
+def prepare_from_text(recipe: Recipe, path: Path) -> None:
+    """Tokenize `data.text` into `path` (rank 0; the others wait): one command from raw text to a model."""
+    from ..cli.data import parse_source
+    from ..tokenizer import load_tokenizer, train_bpe
+    from .data import prepare_shards
+
+    d = recipe.data
+    if int(os.environ.get("RANK", "0")) != 0:
+        deadline = time.time() + 3600
+        while not (path / "meta.json").is_file() and time.time() < deadline:
+            time.sleep(1)
+        return
+    sources = [parse_source(spec, "text") for spec in d.text]
+    for i, source in enumerate(sources):
+        source.path = recipe.resolve(str(source.path))
+        if not source.path.is_file():
+            raise RecipeError(f"data.text[{i}]: no such file {source.path}")
+    if (path / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(path / "tokenizer.json")
+    else:
+        print(f"training a {d.tokenizer_vocab}-token BPE on {len(sources)} source(s)", file=sys.stderr)
+        tokenizer = train_bpe((doc for s in sources for doc in s.documents()), vocab_size=d.tokenizer_vocab)
+    prepare_shards(sources, tokenizer, path, d.block_size or 256, val_every=d.val_every)
 
 
 def make_plan(recipe: Recipe, out: Path) -> Plan:

@@ -1,0 +1,82 @@
+"""Fine-tuning on chat JSONL: loss on assistant tokens only, from a saved checkpoint, via the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import latentloop
+from latentloop.cli import main
+from latentloop.tokenizer import END_TURN, load_tokenizer
+from latentloop.train.finetune import ChatData, encode_chat
+from latentloop.train.recipe import load_recipe
+from latentloop.train.trainer import Trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def chats(tmp_path) -> Path:
+    lines = []
+    for i in range(60):
+        a, b = i % 7, (i * 3) % 5
+        messages = [{"role": "system", "content": "Answer briefly."},
+                    {"role": "user", "content": f"What is {a} plus {b}?"},
+                    {"role": "assistant", "content": f"It is {a + b}."}]
+        lines.append(json.dumps({"messages": messages}))
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_only_assistant_tokens_are_targets(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    messages = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there."},
+                {"role": "user", "content": "Again."}, {"role": "assistant", "content": "Hi."}]
+    ids, target = encode_chat(tok, messages)
+    assert tok.decode(ids) == tok.chat_prompt(messages, add_generation_prompt=False)
+    assert tok.decode([i for i, t in zip(ids, target, strict=True) if t]) == f"Hi there.{END_TURN}Hi.{END_TURN}"
+
+
+def test_chat_rows_mask_everything_but_answers(tiny_model_dir, chats):
+    tok = load_tokenizer(tiny_model_dir)
+    data = ChatData(chats, tok, block_size=128)
+    x, y = data.global_batch(0, 4)
+    assert x.shape == y.shape and x.shape[0] == 4
+    for row_y in y:
+        answer = tok.decode(row_y[row_y != -100].tolist())
+        assert answer.startswith("It is ") and answer.endswith(f".{END_TURN}")
+    assert len(data.val) == 3 and len(data.train) == 57
+
+
+def test_finetune_lowers_assistant_loss_and_saves_a_loadable_model(tiny_model_dir, chats, tmp_path):
+    base = {"device": "cpu", "model": {"init_from": str(tiny_model_dir), "mean_recurrence": 3,
+                                       "mean_backprop_depth": 2},
+            "data": {"source": "chat", "path": str(chats), "batch_size": 8, "val_batches": 1},
+            "optim": {"lr": 3e-3}, "train": {"steps": 40, "val_every": 40, "peak_flops": 1e9, "val_depths": [1, 3]}}
+    trainer = Trainer(load_recipe(None, base=base), out=tmp_path / "ft", progress=False)
+    before = trainer.validate(0)["loss@3"]
+    after = trainer.fit()["val"]["loss@3"]
+    assert after < before - 1.0
+    model = latentloop.load_model(tmp_path / "ft" / "model")
+    assert model.config.mean_recurrence == 3
+    assert (tmp_path / "ft" / "model" / "tokenizer.json").is_file()
+
+
+def test_finetune_cli(tiny_model_dir, chats, tmp_path, capsys):
+    args = ["finetune", str(tiny_model_dir), str(chats), "--out", str(tmp_path / "cli"), "--steps", "2",
+            "--no-progress", "--set", "device=cpu", "--set", "train.peak_flops=1e9", "--set", "train.val_depths=[1]"]
+    assert main(args) == 0
+    saved = latentloop.load_model(tmp_path / "cli" / "model")
+    assert saved.config.vocab_size == load_tokenizer(tiny_model_dir).vocab_size
+    assert main(["finetune", str(tiny_model_dir), str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x")]) == 2
+    assert "data.path" in capsys.readouterr().err

@@ -10,6 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _default_mode(directory: bool) -> int:
+    """The mode a plain open()/mkdir() would give: mkstemp/mkdtemp make private 0600/0700 files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -19,6 +26,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,8 +47,11 @@ def atomic_directory(target: str | Path, keep: tuple[str, ...] = ()) -> Iterator
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    os.chmod(tmp, _default_mode(directory=True))
     try:
         yield tmp
+        for written in tmp.rglob("*"):
+            os.chmod(written, _default_mode(directory=written.is_dir()))
         if target.is_dir():
             for pattern in keep:
                 for old in target.glob(pattern):

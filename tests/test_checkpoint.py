@@ -154,3 +154,13 @@ def test_interrupted_save_keeps_the_previous_checkpoint(conformance_dir, tmp_pat
     model.save_pretrained(str(target))
     assert (target / "tokenizer.json").read_text() == "{}", "files beside the weights are kept"
     assert torch.equal(load_model(target).transformer.adapter.weight, model.transformer.adapter.weight)
+
+
+def test_saved_files_get_ordinary_permissions(conformance_dir, tmp_path):
+    import os
+
+    load_model(conformance_dir / "checkpoint").save_pretrained(str(tmp_path / "m"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~umask

@@ -144,8 +144,14 @@ def test_two_torchrun_processes_follow_the_single_process_curve(tmp_path, shards
     train(load_recipe(recipe_file), out=tmp_path / "one", progress=False)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "latentloop", "train", str(recipe_file), "--out", str(tmp_path / "two"), "--no-progress"]
-    result = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    proc = subprocess.Popen(command, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert len(one) == len(two) == 6
     np.testing.assert_allclose(two, one, rtol=1e-4)

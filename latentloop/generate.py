@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .cache import KVCache
 from .exits import ExitCriterion, parse_exit
-from .model import RecurrentDepthLM
+from .model import Context, RecurrentDepthLM
 from .sampling import Sampler
 
 Prompt = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | Tensor
@@ -72,7 +72,9 @@ class Engine:
         cache.commit(iterations)
         return Forward(logits, x, iterations)
 
-    def _adaptive(self, x: Tensor, e: Tensor, ctx, exit: ExitCriterion, num_steps: int):
+    def _adaptive(
+        self, x: Tensor, e: Tensor, ctx: Context, exit: ExitCriterion, num_steps: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Iterate until each row's criterion fires (not before min_steps); exited rows stay frozen."""
         model, cache = self.model, self.cache
         batch, max_steps = x.shape[0], exit.max_steps or num_steps
@@ -291,21 +293,18 @@ def _run(
         seen = seen[:, :vocab]
 
     if draft_steps is not None:
-        from .speculative import speculative_chunks
+        from .speculative import check_speculative, speculative_chunks
 
+        check_speculative(num_steps, draft_steps, lookahead, cache)
         if criterion is not None or warm_start or do_sample or repetition_penalty != 1.0:
             raise ValueError("speculative decoding (draft_steps) is greedy at a fixed depth: drop exit, "
                              "warm_start, sampling and repetition_penalty, or drop draft_steps")
-        if cache.core_slots < num_steps:
-            raise ValueError("speculative decoding verifies drafts in parallel, which needs every iteration's "
-                             "K/V: drop kv_budget (or make it >= num_steps), or drop draft_steps")
-        first = engine.forward(ids, num_steps, valid)
-        prefill_seconds = time.perf_counter() - started
-        chunks = speculative_chunks(engine, first, num_steps, draft_steps, lookahead)
-    else:
-        first = engine.forward(ids, num_steps, valid)
-        prefill_seconds = time.perf_counter() - started
+    first = engine.forward(ids, num_steps, valid)
+    prefill_seconds = time.perf_counter() - started
+    if draft_steps is None:
         chunks = _plain_chunks(engine, first, sampler, seen, num_steps, criterion, warm_start)
+    else:
+        chunks = speculative_chunks(engine, first, num_steps, draft_steps, lookahead)
 
     rows = [_Row(detokenizer=_Detokenizer(tokenizer) if tokenizer is not None else None) for _ in range(batch)]
     hold = max((len(s) for s in stops), default=1) - 1  # streamed text that may still start a stop string
@@ -317,11 +316,10 @@ def _run(
         for row, new, count in zip(rows, tokens, counts, strict=True):
             if row.finish_reason is None:
                 _extend(row, new, count, max_new_tokens, stop_set, stops)
-        if shown < len(rows[0].text) - hold or rows[0].finish_reason is not None:
-            end = len(rows[0].text) if rows[0].finish_reason is not None else len(rows[0].text) - hold
-            if end > shown:
-                yield rows[0].text[shown:end]
-                shown = end
+        end = len(rows[0].text) - (0 if rows[0].finish_reason else hold)
+        if end > shown:
+            yield rows[0].text[shown:end]
+            shown = end
         if all(row.finish_reason is not None for row in rows):
             break
     chunks.close()

@@ -14,17 +14,25 @@ from collections.abc import Iterator
 
 import torch
 
+from .cache import KVCache
 from .generate import Chunk, Engine, Forward
+
+
+def check_speculative(num_steps: int, draft_steps: int, lookahead: int, cache: KVCache) -> None:
+    """Refuse settings under which speculation could not reproduce plain greedy decoding."""
+    if not isinstance(draft_steps, int) or not 1 <= draft_steps <= num_steps:
+        raise ValueError(f"draft_steps must be between 1 and num_steps={num_steps}, got {draft_steps!r}")
+    if not isinstance(lookahead, int) or lookahead < 1:
+        raise ValueError(f"lookahead must be >= 1 drafted tokens per round, got {lookahead!r}")
+    if cache.core_slots < num_steps:
+        raise ValueError("speculative decoding verifies drafts in parallel, which needs every iteration's "
+                         "K/V: drop kv_budget (or make it >= num_steps), or drop draft_steps")
 
 
 def speculative_chunks(
     engine: Engine, first: Forward, num_steps: int, draft_steps: int, lookahead: int
 ) -> Iterator[Chunk]:
     """Yield accepted tokens round by round, starting from the prefill's `first` forward."""
-    if not isinstance(draft_steps, int) or not 1 <= draft_steps <= num_steps:
-        raise ValueError(f"draft_steps must be between 1 and num_steps={num_steps}, got {draft_steps!r}")
-    if not isinstance(lookahead, int) or lookahead < 1:
-        raise ValueError(f"lookahead must be >= 1 drafted tokens per round, got {lookahead!r}")
     cache = engine.cache
     token = first.logits[:, -1].argmax(-1)  # the verifier's token: not yet in the cache
     yield Chunk(token[:, None], num_steps)

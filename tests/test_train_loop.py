@@ -159,3 +159,23 @@ def test_two_torchrun_processes_follow_the_single_process_curve(tmp_path, shards
     b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_warnings_for_ignored_recurrence_and_collapse(tmp_path, shards, capsys):
+    """A fixed-depth-1 baseline never learns to iterate: its depth-32 loss is no better than depth 1."""
+    recipe = load_recipe(None, base=micro_recipe(shards, objective={"fixed_depth": 1},
+                                                 train={"steps": 30, "val_every": 30, "val_depths": [1, 32]},
+                                                 schedule={"warmup_steps": 5}))
+    trainer = Trainer(recipe, out=tmp_path / "run", progress=False)
+    summary = trainer.fit()
+    assert summary["val"]["loss@32"] >= summary["val"]["loss@1"]
+    healthy = dict(summary["val"], token_corr_state=0.2, token_corr_final=0.95)
+    trainer.log.enabled = True
+    trainer._warn(31, healthy, [1, 32])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    warnings = [r["message"] for r in records if r["kind"] == "warning" and r["step"] == 30]
+    assert any(w.startswith("recurrence ignored") for w in warnings)
+    synthetic = [r["message"] for r in records if r["kind"] == "warning" and r["step"] == 31]
+    assert synthetic[0].startswith("hidden-state collapse: token_corr_final = 0.950")
+    assert not any("token_corr_state" in w for w in synthetic)
+    assert "WARNING (step 30): recurrence ignored" in capsys.readouterr().err

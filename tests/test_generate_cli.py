@@ -9,6 +9,7 @@ import pytest
 
 from latentloop import load_model
 from latentloop.cli import main
+from latentloop.cli.generate import unescape
 from latentloop.generate import generate
 from latentloop.tokenizer import Tokenizer
 
@@ -32,6 +33,13 @@ def test_generate_options_reach_the_engine(tiny_model_dir, capsys):
     assert main(["generate", *common, "--draft-steps", "2", "--lookahead", "3"]) == 0
     assert "of drafts accepted" in capsys.readouterr().err
     assert main(["generate", *common, "--temperature", "0.8", "--top-p", "0.9", "--seed", "1", "--warm-start"]) == 0
+    capsys.readouterr()
+    text = generate(load_model(tiny_model_dir), "ROMEO:", Tokenizer.from_dir(tiny_model_dir), num_steps=8,
+                    init_scale=0.0, max_new_tokens=5).text
+    needle = text[len(text) // 2]
+    assert main(["generate", *common, "--stop", needle]) == 0
+    assert capsys.readouterr().out == text[: text.index(needle)] + "\n"
+    assert unescape(r"\n\n") == "\n\n" and unescape(r"a\tb") == "a\tb"
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--repetition-penalty", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=None, help="seed for sampling and the initial latent")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop string (repeatable; \\n and \\t are read as newline and tab)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as stored")
 
 
@@ -64,8 +65,14 @@ def generation_options(args: argparse.Namespace, default_steps: int) -> dict:
         do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
         exit=parse_exit(args.exit, args.min_steps, args.max_steps), kv_budget=args.kv_budget,
-        warm_start=args.warm_start, stop=args.stop, draft_steps=args.draft_steps, lookahead=args.lookahead,
+        warm_start=args.warm_start, stop=[unescape(s) for s in args.stop or []], draft_steps=args.draft_steps,
+        lookahead=args.lookahead,
     )
+
+
+def unescape(text: str) -> str:
+    """Let a shell user write `--stop "\\n\\n"` for two newlines."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def load(args: argparse.Namespace):

@@ -115,9 +115,10 @@ class KVCache:
     def commit(self, iterations: Tensor | int) -> None:
         """Close the open columns; `iterations` [B] (or one int) is how many iterations each row ran."""
         start, end = self.length, self._end
-        self.iterations[:, start:end] = torch.as_tensor(iterations, device=self.valid.device).view(-1, 1)
-        if not isinstance(iterations, int) and self.core_slots > 1:
-            self._fill_unwritten(start, end, iterations)
+        counts = torch.as_tensor(iterations, device=self.valid.device).expand(self.valid.shape[0])
+        self.iterations[:, start:end] = counts[:, None]
+        if isinstance(iterations, Tensor) or iterations < self.core_slots:
+            self._fill_unwritten(start, end, counts)
         self.length = end
 
     def _fill_unwritten(self, start: int, end: int, iterations: Tensor) -> None:

@@ -89,17 +89,18 @@ class DefinitionCache:
 
 @pytest.mark.parametrize("budget", [1, 2, 3, None])
 def test_budget_and_early_exit_read_the_defined_iterations(model, budget):
-    """kv_budget ring plus early exits (KL with a loose threshold) against the plain definition."""
+    """kv_budget ring plus early exits (KL with a loose threshold) against the plain definition; the
+    prompt runs 4 iterations, new tokens up to 6, so later iterations also read the prompt's last one."""
     ids = sequence(10, 5)
-    exit = KL(0.05, min_steps=2)
+    exit = KL(0.05, min_steps=2, max_steps=6)
     runs = []
     for cache in (KVCache(model.config, 1, 10, 6, kv_budget=budget), DefinitionCache(model.config, budget)):
         engine = Engine(model, cache, init_scale=0.0)
-        outs = [engine.forward(ids[:, :4], 6)]
+        outs = [engine.forward(ids[:, :4], 4)]
         outs += [engine.forward(ids[:, i : i + 1], 6, exit=exit) for i in range(4, 10)]
         runs.append(outs)
     used = [int(o.iterations) for o in runs[0][1:]]
-    assert min(used) < 6, f"no token exited early ({used}): the case does not exercise early exits"
+    assert min(used) < 6 and max(used) > 4, f"iterations {used} do not exercise early exits beyond the prompt"
     assert used == [int(o.iterations) for o in runs[1][1:]]
     for ours, definition in zip(runs[0], runs[1], strict=True):
         torch.testing.assert_close(ours.logits, definition.logits, atol=1e-4, rtol=1e-4)

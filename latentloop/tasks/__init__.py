@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .addition import Addition
 from .base import Problem, ReasoningTask, exact_match, teacher_forced_correct
 from .modchain import ModChain
@@ -22,5 +25,20 @@ def get_task(name: str, **task_args) -> ReasoningTask:
         raise ValueError(f"bad arguments for task {name!r}: {err}") from None
 
 
-__all__ = ["TASKS", "Addition", "ModChain", "Problem", "ReasoningTask", "exact_match", "get_task",
-           "teacher_forced_correct"]
+TASK_FILE = "task.json"  # beside a model trained on a task: {"name": ..., "args": {...}}
+
+
+def task_from_dir(directory: str | Path) -> ReasoningTask:
+    """The task a model directory was trained on, from its task.json."""
+    path = Path(directory) / TASK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} has no {TASK_FILE}: it was not trained on a latentloop task; write one like "
+            '{"name": "modchain", "args": {"train_ops": [1, 12]}} beside the weights'
+        )
+    spec = json.loads(path.read_text())
+    return get_task(spec["name"], **spec.get("args", {}))
+
+
+__all__ = ["TASKS", "TASK_FILE", "Addition", "ModChain", "Problem", "ReasoningTask", "exact_match", "get_task",
+           "task_from_dir", "teacher_forced_correct"]

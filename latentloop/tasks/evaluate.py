@@ -11,18 +11,25 @@ from .base import Problem, ReasoningTask, exact_match, teacher_forced_correct
 
 
 @torch.no_grad()
-def depth_accuracy(model: RecurrentDepthLM, task: ReasoningTask, problems: list[Problem],
-                   depths: list[int], batch_size: int = 256) -> dict[int, float]:
-    """Exact-match accuracy at each depth from one pass per batch (zero initial state). Greedy
-    decoding of an answer is right exactly when every answer position's argmax is right, so
-    teacher forcing measures greedy accuracy without a decode loop."""
-    hits = dict.fromkeys(depths, 0)
+def depth_correct(model: RecurrentDepthLM, task: ReasoningTask, problems: list[Problem],
+                  depths: list[int], batch_size: int = 256) -> dict[int, torch.Tensor]:
+    """Per problem and depth, whether greedy decoding answers exactly (zero initial state), from one
+    pass per batch: greedy decoding is right exactly when every answer position's argmax is right,
+    so teacher forcing measures it without a decode loop."""
+    parts: dict[int, list[torch.Tensor]] = {depth: [] for depth in depths}
     for start in range(0, len(problems), batch_size):
         ids, labels = task.encode(problems[start : start + batch_size])
         outputs = model.forward_depths(ids.to(model.device), depths, init_scale=0.0)
         for depth, out in outputs.items():
-            hits[depth] += int(teacher_forced_correct(out.logits, labels.to(model.device)).sum())
-    return {depth: hits[depth] / len(problems) for depth in depths}
+            parts[depth].append(teacher_forced_correct(out.logits, labels.to(model.device)).cpu())
+    return {depth: torch.cat(parts[depth]) for depth in depths}
+
+
+def depth_accuracy(model: RecurrentDepthLM, task: ReasoningTask, problems: list[Problem],
+                   depths: list[int], batch_size: int = 256) -> dict[int, float]:
+    """Exact-match accuracy at each depth (see `depth_correct`)."""
+    correct = depth_correct(model, task, problems, depths, batch_size)
+    return {depth: float(hits.float().mean()) for depth, hits in correct.items()}
 
 
 def generate_answers(model: RecurrentDepthLM, task: ReasoningTask, problems: list[Problem],

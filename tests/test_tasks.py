@@ -1,0 +1,129 @@
+"""Reasoning tasks: seeded generators, disjoint splits, correct answers, exact scoring."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from latentloop.tasks import TASKS, exact_match, get_task, task_from_dir, teacher_forced_correct
+from latentloop.tasks.addition import Addition
+from latentloop.tasks.base import IGNORE
+from latentloop.tasks.modchain import ModChain
+
+
+def evaluate_chain(text: str) -> int:
+    """Independent left-to-right evaluation of one chain such as '4+3*7-2'."""
+    value = int(text[0])
+    for op, digit in zip(text[1::2], text[2::2], strict=True):
+        value = eval(f"{value}{op}{digit}") % 10
+    return value
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_generators_are_deterministic_per_seed(name):
+    task = get_task(name)
+    for split in ("train", "validation", "test"):
+        assert task.problems(split, 50, seed=3) == task.problems(split, 50, seed=3)
+        assert task.problems(split, 50, seed=3) != task.problems(split, 50, seed=4)
+    a, b = task.batch(np.random.default_rng(7), 16), task.batch(np.random.default_rng(7), 16)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_splits_do_not_overlap(name):
+    task = get_task(name)
+    train = {p.prompt for p in task.problems("train", 3000)}
+    validation = task.problems("validation", 300)
+    test = task.problems("test", 300)
+    assert not train & {p.prompt for p in validation}
+    assert not train & {p.prompt for p in test} and not {p.prompt for p in validation} & {p.prompt for p in test}
+    assert all(task.in_validation(p) for p in validation) and not any(task.in_validation(p) for p in
+                                                                      task.problems("train", 300))
+    lo, hi = task.train_difficulty
+    assert all(lo <= p.difficulty <= hi for p in validation)
+    assert all(p.difficulty > hi for p in test)
+
+
+def test_modchain_answers_are_correct():
+    task = ModChain(chains=2)
+    for p in task.problems("train", 200) + task.problems("test", 50):
+        chains = p.prompt.rstrip("=").split(",")
+        assert p.answer == "".join(str(evaluate_chain(c)) for c in chains)
+        assert all(len(c) == 2 * p.difficulty + 1 for c in chains)
+        assert set(c[i] for c in chains for i in range(2, len(c), 2) if c[i - 1] == "*") <= set("379")
+
+
+def test_addition_answers_and_carry_chains():
+    task = Addition(digits=8, train_chain=(0, 3), test_chain=(4, 7))
+    for p in task.problems("train", 100) + task.problems("test", 100):
+        a, b = p.prompt.rstrip("=").split("+")
+        assert len(a) == len(b) == 8 and p.answer == f"{int(a) + int(b):09d}"
+        sums = [int(x) + int(y) for x, y in zip(a, b, strict=True)]
+        runs = "".join("9" if s == 9 else "x" for s in sums).split("x")
+        assert max(len(r) for r in runs) == p.difficulty  # the planted chain is the longest run of 9s
+
+
+def test_encode_labels_only_the_answer_and_end():
+    task = ModChain(chains=1)
+    problem = task.problems("validation", 1)[0]
+    ids, labels = task.encode([problem])
+    tok = task.tokenizer
+    text = tok.decode(ids[0].tolist())
+    assert text == f"<|begin_text|>{problem.prompt}{problem.answer}<|end_text|>"
+    supervised = labels[0][labels[0] != IGNORE].tolist()
+    assert supervised == [*tok.encode(problem.answer), tok.eos_id]
+    # labels are shifted: each supervised position's label is the next input token
+    positions = (labels[0] != IGNORE).nonzero().flatten()
+    assert torch.equal(labels[0, positions], ids[0, positions + 1])
+
+
+def test_partial_labels_give_the_value_so_far():
+    task = ModChain(chains=1, partial_labels=True)
+    problem = task.problems("train", 1, seed=5)[0]
+    ids, labels = task.encode([problem], partial_labels=True)
+    chain = problem.prompt.rstrip("=")
+    for j in range(0, len(chain), 2):  # every digit closes the prefix chain[: j + 1]
+        assert task.tokenizer.decode([int(labels[0, 1 + j])]) == str(evaluate_chain(chain[: j + 1]))
+    assert all(labels[0, 1 + j] == IGNORE for j in range(1, len(chain), 2))  # operators: nothing
+
+
+def test_scoring_is_exact():
+    task = ModChain(chains=2)
+    problems = task.problems("validation", 3)
+    answers = [p.answer for p in problems]
+    assert exact_match(answers, problems) == [True] * 3
+    near = [answers[0][:-1] + str((int(answers[0][-1]) + 1) % 10), answers[1] + "0", answers[2][:1]]
+    assert exact_match(near, problems) == [False] * 3
+    with pytest.raises(ValueError, match="predictions"):
+        exact_match(answers[:2], problems)
+    ids, labels = task.encode(problems)
+    perfect = torch.nn.functional.one_hot(labels.clamp(min=0), task.vocab_size).float()
+    assert teacher_forced_correct(perfect, labels).all()
+    one_wrong = perfect.clone()
+    last = (labels[1] != IGNORE).nonzero().flatten()[-1]
+    one_wrong[1, last] = one_wrong[1, last].roll(1)
+    assert teacher_forced_correct(one_wrong, labels).tolist() == [True, False, True]
+
+
+def test_bad_arguments_are_reported(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        get_task("nope")
+    with pytest.raises(ValueError, match="bad arguments for task 'modchain'"):
+        get_task("modchain", digits=3)
+    with pytest.raises(ValueError, match="must lie above"):
+        get_task("modchain", train_ops=(1, 12), test_ops=(10, 20))
+    with pytest.raises(ValueError, match="unknown split"):
+        ModChain().problems("dev", 1)
+    with pytest.raises(FileNotFoundError, match="task.json"):
+        task_from_dir(tmp_path)
+    (tmp_path / "task.json").write_text(json.dumps({"name": "addition", "args": {"digits": 6, "test_chain": [6, 7]}}))
+    with pytest.raises(ValueError, match="test_chain"):
+        task_from_dir(tmp_path)
+
+
+def test_char_tokenizer_round_trips():
+    task = ModChain()
+    text = "4+3*7-2,9*9=58"
+    assert task.tokenizer.decode(task.tokenizer.encode(text)) == text
+    assert task.vocab_size == 3 + len(task.alphabet)

@@ -210,7 +210,7 @@ def prepare_prompt(
             if tokenizer is None:
                 raise ValueError("a text prompt needs a tokenizer: pass tokenizer=..., "
                                  "or pass token ids (a list of ints or a [batch, length] tensor)")
-            rows = [tokenizer.encode(t) for t in texts]
+            rows = [tokenizer.encode_prompt(t) for t in texts]
         elif all(isinstance(t, int) for t in texts):
             rows = [texts]
         elif all(isinstance(t, Sequence) and all(isinstance(i, int) for i in t) for t in texts):

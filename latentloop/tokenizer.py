@@ -75,6 +75,15 @@ class Tokenizer:
             ids = [self.bos_id, *ids]
         return ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt as the tokenizer's own template frames it (HF's default `add_special_tokens=True`):
+        task tokenizers prepend `<|begin_text|>`, as in training. A text that already opens with it
+        (a chat prompt) does not get a second one."""
+        ids = self.backend.encode(text, add_special_tokens=True).ids
+        if len(ids) > 1 and ids[0] == ids[1] == self.bos_id:
+            ids = ids[1:]
+        return ids
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 

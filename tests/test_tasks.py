@@ -54,6 +54,22 @@ def test_modchain_answers_are_correct():
         assert set(c[i] for c in chains for i in range(2, len(c), 2) if c[i - 1] == "*") <= set("379")
 
 
+def test_mixed_lengths_put_one_longer_chain_inside_a_training_length():
+    task = ModChain(train_ops=(1, 12), test_ops=(13, 20), chains=2, mixed_lengths=True)
+    longest_training_prompt = 2 * (2 * 12 + 1) + 2  # two chains, a comma and "="
+    train, test = task.problems("train", 400), task.problems("test", 200)
+    for p in train + test:
+        chains = p.prompt.rstrip("=").split(",")
+        ops = [len(c) // 2 for c in chains]
+        assert p.answer == "".join(str(evaluate_chain(c)) for c in chains)
+        assert max(ops) == p.difficulty and len(p.prompt) <= longest_training_prompt
+    assert any(len(set(len(c) for c in p.prompt.split(","))) > 1 for p in train)  # lengths differ
+    assert {p.prompt.index(",") > 2 * 12 + 1 for p in test} == {True, False}  # the long chain goes either way
+    assert all(p.difficulty > 12 for p in test)
+    with pytest.raises(ValueError, match=r"lower test_ops\[1\] to at most 23"):
+        ModChain(train_ops=(1, 12), test_ops=(13, 24), chains=2, mixed_lengths=True)
+
+
 def test_addition_answers_and_carry_chains():
     task = Addition(digits=8, train_chain=(0, 3), test_chain=(4, 7))
     for p in task.problems("train", 100) + task.problems("test", 100):

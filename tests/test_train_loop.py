@@ -83,6 +83,8 @@ def test_micro_model_learns_a_generated_task_and_its_checkpoint_reproduces_valid
                           "relative_change_last"}
 
     model = latentloop.load_model(tmp_path / "run" / "model")
+    task_file = json.loads((tmp_path / "run" / "model" / "task.json").read_text())
+    assert task_file == {"name": "markov", "args": {"length": 24}}  # what demo and task_from_dir read back
     for depth in (1, 4, 32):
         total, count = 0.0, 0
         for x, y in trainer.plan.val_set:

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="default", help="model directory (with task.json) or 'default'")
     p.add_argument("--baseline", default=None,
                    help="non-recurrent baseline directory; default: the bundled one for --model default, else none")
-    p.add_argument("--limit", type=int, default=200, help="held-out problems per split")
+    p.add_argument("--limit", type=int, default=100, help="held-out problems per split")
     p.add_argument("--steps", type=int, default=32, help="fixed depth that KL exit and kv-budget compare against")
     p.add_argument("--exit", default="kl:5e-4", help="exit criterion for adaptive decoding")
     p.add_argument("--kv-budget", type=int, default=4, help="core iterations kept per layer in the budgeted cache")

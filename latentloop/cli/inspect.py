@@ -11,7 +11,7 @@ slider), path independence across --samples random starts, token correlation per
 the KL-exit step of every token. DIR/data.npz holds the arrays, DIR/summary.json the numbers.
 
 examples:
-  latentloop inspect default "a=3;b=a;?b=" --out inspect-out
+  latentloop inspect default "4+3*7-2,8*3=" --out inspect-out
   latentloop inspect path/to/checkpoint "The capital of France is" --steps 64 --samples 16 --out run1
   latentloop inspect tomg-group-umd/huginn-0125 "12 + 7 =" --init-scale 0 --out zero-start
 """
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(args.model)
-    ids = tokenizer.encode(args.text)
+    ids = tokenizer.encode_prompt(args.text)
     if not ids:
         raise ValueError("the text is empty; pass at least one character to inspect")
     if len(ids) > args.max_tokens:

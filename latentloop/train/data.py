@@ -259,6 +259,7 @@ class TaskData:
         except ImportError as err:
             raise ValueError(f"data.source = 'task:{name}' needs the latentloop.tasks package: {err}") from None
         self.task = tasks.get_task(name, **task_args)
+        self.spec = {"name": name, "args": dict(task_args)}  # written as task.json beside saved models
         self.seed = seed
         self.vocab_size = int(self.task.vocab_size)
         self.tokenizer = getattr(self.task, "tokenizer", None)

@@ -23,7 +23,9 @@ from torch import Tensor, nn
 from ..checkpoint import CheckpointError, load_config, load_model, resolve_model_dir
 from ..config import ConfigError, ModelConfig, field_names, get_preset
 from ..diagnostics import relative_change, token_correlation
+from ..fsutil import atomic_write_text
 from ..model import RecurrentDepthLM
+from ..tasks import TASK_FILE
 from . import checkpoints as ckpt
 from .data import DTYPE_LIMITS, Batch, DataSource, ShardData, TaskData
 from .distributed import World, all_sum, barrier, init_world, resolve_device, shutdown, wrap
@@ -365,6 +367,8 @@ class Trainer:
         plain.save_pretrained(str(directory))
         if self.plan.data.tokenizer is not None:
             self.plan.data.tokenizer.save(directory)
+        if isinstance(self.plan.data, TaskData):  # what `latentloop demo` and `task_from_dir` read back
+            atomic_write_text(directory / TASK_FILE, json.dumps(self.plan.data.spec, indent=2) + "\n")
 
     def save_checkpoint(self, step: int) -> Path:
         directory = ckpt.checkpoint_dir(self.out, step)

@@ -1,0 +1,55 @@
+"""The bundled reasoning model ships inside the package and thinks better with more iterations."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from latentloop import load_model
+from latentloop.tasks import task_from_dir
+from latentloop.tasks.evaluate import depth_accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = {"config.json", "model.safetensors", "tokenizer.json", "task.json", "MODEL_CARD.md"}
+
+
+@pytest.fixture(scope="module")
+def installed_default(tmp_path_factory) -> Path:
+    """Build the wheel, check the model is in it, and extract the package: the copy a user installs."""
+    build = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(build), str(ROOT)], check=True, timeout=120)
+    wheel = next(build.glob("latentloop-*.whl"))
+    site = build / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        for part in ("default", "baseline"):
+            for name in SHIPPED - {"MODEL_CARD.md"} | ({"MODEL_CARD.md"} if part == "default" else set()):
+                assert f"latentloop/assets/{part}/{name}" in names
+        archive.extractall(site)
+    assert sum(f.stat().st_size for f in (site / "latentloop/assets").rglob("*") if f.is_file()) < 20e6
+    return site / "latentloop" / "assets" / "default"
+
+
+def test_bundled_model_loads_from_the_installed_package(installed_default):
+    model = load_model(installed_default)
+    assert model.config.n_prelude == 2 and model.config.n_core == 4 and model.config.n_coda == 2
+    assert model.config.vocab_size == task_from_dir(installed_default).vocab_size
+    assert 1e6 < sum(p.numel() for p in model.parameters()) < 5e6
+
+
+def test_thinking_longer_answers_better(installed_default):
+    model = load_model(installed_default).eval()
+    task = task_from_dir(installed_default)
+    problems = task.problems("validation", 48, seed=123)
+    accuracy = depth_accuracy(model, task, problems, [1, 32])
+    assert accuracy[32] >= 0.85
+    assert accuracy[32] - accuracy[1] >= 0.4
+
+
+def test_default_resolves_to_the_bundled_model():
+    from latentloop.checkpoint import resolve_model_dir
+
+    assert resolve_model_dir("default") == ROOT / "latentloop" / "assets" / "default"

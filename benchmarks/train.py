@@ -1,6 +1,6 @@
 """Training throughput and memory: tokens/s and model-FLOPs utilization against the matmul throughput
-measured in the same run, for the small presets at depth 8 and 32 (k = 8), and peak memory versus
-mean depth (flat: only k iterations keep activations). Prints one JSON object.
+measured in the same run, for the small presets at depth 8 and 32 (k = 8), and peak memory at
+depth 8 and 64 (flat: only k iterations keep activations). Prints one JSON object.
 
     python benchmarks/train.py                    # CPU, the 'small' and 'medium' presets
     python benchmarks/train.py --device cuda --batch-size 16 --block-size 1024
@@ -93,10 +93,12 @@ class RssPeak(threading.Thread):
 
 
 def memory_probe(args: argparse.Namespace) -> dict:
-    """Run in a fresh process: memory of a few steps at one mean depth (sampled r, k = 8), above the
-    memory held before the first step (weights, data, optimizer created lazily are included)."""
+    """Run in a fresh process: memory of a few steps at one depth (k = 8), above the memory held before
+    the first step (weights, data, optimizer created lazily are included). The depth is fixed rather
+    than sampled: at a sampled mean of 8 many steps draw r < k and keep fewer than k iterations, which
+    would flatter the shallow run."""
     work = Path(tempfile.mkdtemp())
-    trainer = make_trainer(args, args.probe_preset, {"model": {"mean_recurrence": args.probe_depth}}, 1e12, work)
+    trainer = make_trainer(args, args.probe_preset, {"objective": {"fixed_depth": args.probe_depth}}, 1e12, work)
     cuda = trainer.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(trainer.device)
@@ -111,7 +113,7 @@ def memory_probe(args: argparse.Namespace) -> dict:
         sampler.running = False
         sampler.join()
         peak = sampler.peak
-    return {"mean_depth": args.probe_depth, "depths_run": depths, "peak_bytes": peak,
+    return {"depth": args.probe_depth, "depths_run": depths, "peak_bytes": peak,
             "training_bytes": peak - before}
 
 

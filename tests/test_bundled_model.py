@@ -53,3 +53,18 @@ def test_default_resolves_to_the_bundled_model():
     from latentloop.checkpoint import resolve_model_dir
 
     assert resolve_model_dir("default") == ROOT / "latentloop" / "assets" / "default"
+
+
+def test_text_prompts_are_framed_as_in_training(installed_default):
+    """A text prompt gets the tokenizer's <|begin_text|>, as every training sequence had, so the
+    bundled model answers it like the task's own token ids."""
+    from latentloop import generate
+    from latentloop.tokenizer import load_tokenizer
+
+    model, tok = load_model(installed_default).eval(), load_tokenizer(installed_default)
+    task = task_from_dir(installed_default)
+    problems = task.problems("validation", 8, seed=3)
+    assert all(tok.encode_prompt(p.prompt) == task.prompt_ids(p) for p in problems)
+    assert tok.encode_prompt(tok.decode(task.prompt_ids(problems[0]))) == task.prompt_ids(problems[0])  # one bos
+    out = generate(model, [p.prompt for p in problems], tok, num_steps=32, init_scale=0.0, max_new_tokens=3)
+    assert [text.removesuffix("<|end_text|>") for text in out.texts] == [p.answer for p in problems]

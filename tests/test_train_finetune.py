@@ -80,3 +80,23 @@ def test_finetune_cli(tiny_model_dir, chats, tmp_path, capsys):
     assert saved.config.vocab_size == load_tokenizer(tiny_model_dir).vocab_size
     assert main(["finetune", str(tiny_model_dir), str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x")]) == 2
     assert "data.path" in capsys.readouterr().err
+
+
+def test_lora_trains_only_adapters_and_saves_them_merged(tiny_model_dir, chats, tmp_path):
+    """With peft (the `lora` extra): base weights stay frozen, the loss falls, and the saved model is a
+    plain checkpoint whose weights are the base plus the merged low-rank updates."""
+    base_model = latentloop.load_model(tiny_model_dir)
+    recipe = {"device": "cpu", "model": {"init_from": str(tiny_model_dir), "mean_recurrence": 3,
+                                         "mean_backprop_depth": 2},
+              "data": {"source": "chat", "path": str(chats), "batch_size": 8, "val_batches": 1},
+              "optim": {"lr": 1e-2}, "lora": {"enabled": True, "rank": 4},
+              "train": {"steps": 30, "val_every": 30, "peak_flops": 1e9, "val_depths": [3]}}
+    trainer = Trainer(load_recipe(None, base=recipe), out=tmp_path / "lora", progress=False)
+    trainable = {n for n, p in trainer.core.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    before = trainer.validate(0)["loss@3"]
+    after = trainer.fit()["val"]["loss@3"]
+    assert after < before - 0.3
+    saved = latentloop.load_model(tmp_path / "lora" / "model")  # strict load: no adapter tensors left
+    changed = [n for n, p in saved.state_dict().items() if not torch.equal(p, base_model.state_dict()[n])]
+    assert changed and all(n.endswith(("Wqkv.weight", "proj.weight", "fc.weight", "adapter.weight")) for n in changed)

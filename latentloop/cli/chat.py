@@ -10,8 +10,8 @@ its iterations per token and speed (on stderr). /reset forgets the conversation,
 input) quits. Reads from a pipe too. Takes every option of `latentloop generate`.
 
 examples:
-  latentloop chat default
-  latentloop chat default --steps 32 --exit kl:5e-4 --warm-start
+  latentloop chat tomg-group-umd/huginn-0125
+  latentloop chat path/to/huginn-0125 --steps 32 --exit kl:5e-4 --warm-start
   printf 'What is 2+3?\\n' | latentloop chat path/to/model --max-new-tokens 64
 """
 

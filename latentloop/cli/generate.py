@@ -11,9 +11,9 @@ MODEL is a checkpoint directory with tokenizer.json, 'default' (the bundled mode
 
 examples:
   latentloop generate default "4+3*7-2,8*3=" --steps 32
-  latentloop generate default "Once upon a time" --exit kl:5e-4 --min-steps 4 --max-steps 64
-  latentloop generate default "Once upon a time" --kv-budget 1 --warm-start
-  latentloop generate default "Once upon a time" --draft-steps 4 --lookahead 4 --steps 32
+  latentloop generate runs/stories-small/model "Once upon a time" --exit kl:5e-4 --min-steps 4 --max-steps 64
+  latentloop generate runs/stories-small/model "Once upon a time" --kv-budget 1 --warm-start
+  latentloop generate runs/stories-small/model "Once upon a time" --draft-steps 4 --lookahead 4 --steps 32
   latentloop generate path/to/model "Hello" --temperature 0.8 --top-p 0.9 --seed 0 --stop "\\n\\n"
 """
 

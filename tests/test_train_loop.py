@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,3 +182,25 @@ def test_warnings_for_ignored_recurrence_and_collapse(tmp_path, shards, capsys):
     assert synthetic[0].startswith("hidden-state collapse: token_corr_final = 0.950")
     assert not any("token_corr_state" in w for w in synthetic)
     assert "WARNING (step 30): recurrence ignored" in capsys.readouterr().err
+
+
+NO_COMPILER = shutil.which("c++") is None and shutil.which("g++") is None
+
+
+@pytest.mark.parametrize("train_options", [
+    {"precision": "bf16"},
+    pytest.param({"compile": True}, marks=pytest.mark.skipif(NO_COMPILER, reason="inductor needs a C++ compiler")),
+], ids=["bf16", "compile"])
+def test_bf16_autocast_and_compile_follow_the_fp32_eager_curve(tmp_path, shards, train_options):
+    """bf16 autocast keeps float32 master weights and tracks the float32 losses loosely; per-block
+    torch.compile computes the same steps as eager (to float32 rounding)."""
+    recipe = micro_recipe(shards, train={"steps": 8, "val_every": 8, "log_every": 1})
+    reference = Trainer(load_recipe(None, base=recipe), out=tmp_path / "fp32", progress=False)
+    eager = [reference.train_step(step)["loss"] for step in range(8)]
+    recipe["train"].update(train_options)
+    trainer = Trainer(load_recipe(None, base=recipe), out=tmp_path / "variant", progress=False)
+    losses = [trainer.train_step(step)["loss"] for step in range(8)]
+    assert all(p.dtype == torch.float32 for p in trainer.core.parameters())
+    tolerance = 5e-2 if train_options.get("precision") == "bf16" else 1e-4
+    assert losses == pytest.approx(eager, rel=tolerance)
+    assert losses[-1] < losses[0]

@@ -9,6 +9,7 @@ the initial state: a uniform distribution for `kl` and `entropy`, the initial la
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor
 Update = Callable[[Tensor, Tensor | None], Tensor]  # (state [B,1,h], logits [B,1,V] | None) -> [B] bool
 
 
-class ExitCriterion:
+class ExitCriterion(ABC):
     """Base: thresholds plus the iteration window [min_steps, max_steps] (max None = the run's num_steps)."""
 
     name = ""
@@ -32,8 +33,8 @@ class ExitCriterion:
             raise ValueError(f"need 1 <= min_steps <= max_steps; got min_steps={min_steps}, max_steps={max_steps}")
         self.min_steps, self.max_steps = min_steps, max_steps
 
-    def begin(self, x0: Tensor, vocab_size: int) -> Update:
-        raise NotImplementedError
+    @abstractmethod
+    def begin(self, x0: Tensor, vocab_size: int) -> Update: ...
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.threshold:g}, min_steps={self.min_steps}, max_steps={self.max_steps})"

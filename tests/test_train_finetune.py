@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import one_thread  # noqa: F401
 
 import latentloop
 from latentloop.cli import main
@@ -14,14 +15,6 @@ from latentloop.tokenizer import END_TURN, load_tokenizer
 from latentloop.train.finetune import ChatData, encode_chat
 from latentloop.train.recipe import load_recipe
 from latentloop.train.trainer import Trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -17,22 +17,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import REPO, make_shards, micro_recipe, train_losses, write_toml
+from train_helpers import REPO, make_shards, micro_recipe, one_thread, train_losses, write_toml  # noqa: F401
 
 import latentloop
 from latentloop.train.recipe import load_recipe
 from latentloop.train.trainer import Trainer, train
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny matmuls gain nothing from more, and runs stay bitwise comparable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ and the end token directly, with no written-out steps.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ class Problem:
     partials: tuple[str, ...] = ()
 
 
-class ReasoningTask:
+class ReasoningTask(ABC):
     """Base class: subclasses set `name`, `alphabet`, the difficulty ranges and implement `sample`."""
 
     name = ""
@@ -57,8 +58,8 @@ class ReasoningTask:
         self.tokenizer: Tokenizer = char_tokenizer(self.alphabet)
 
     # --- problems -------------------------------------------------------------------------------
-    def sample(self, rng: np.random.Generator, difficulty: int) -> Problem:
-        raise NotImplementedError
+    @abstractmethod
+    def sample(self, rng: np.random.Generator, difficulty: int) -> Problem: ...
 
     @property
     def vocab_size(self) -> int:

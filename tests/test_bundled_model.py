@@ -53,6 +53,7 @@ def test_default_resolves_to_the_bundled_model():
     from latentloop.checkpoint import resolve_model_dir
 
     assert resolve_model_dir("default") == ROOT / "latentloop" / "assets" / "default"
+    assert task_from_dir("default").name == "modchain"  # names resolve like load_model's
 
 
 def test_text_prompts_are_framed_as_in_training(installed_default):

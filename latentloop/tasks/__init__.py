@@ -29,8 +29,10 @@ TASK_FILE = "task.json"  # beside a model trained on a task: {"name": ..., "args
 
 
 def task_from_dir(directory: str | Path) -> ReasoningTask:
-    """The task a model directory was trained on, from its task.json."""
-    path = Path(directory) / TASK_FILE
+    """The task a model was trained on, from the task.json beside it (a directory, 'default', a hub id)."""
+    from ..checkpoint import resolve_model_dir
+
+    path = resolve_model_dir(directory) / TASK_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{directory} has no {TASK_FILE}: it was not trained on a latentloop task; write one like "

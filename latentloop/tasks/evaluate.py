@@ -22,19 +22,13 @@ def depth_correct(model: RecurrentDepthLM, task: ReasoningTask, problems: list[P
         outputs = model.forward_depths(ids.to(model.device), depths, init_scale=0.0)
         for depth, out in outputs.items():
             parts[depth].append(teacher_forced_correct(out.logits, labels.to(model.device)).cpu())
-    return {depth: torch.cat(parts[depth])[inverse(order)] for depth in depths}
+    undo = torch.argsort(torch.tensor(order))  # back to the problems' own order
+    return {depth: torch.cat(parts[depth])[undo] for depth in depths}
 
 
 def length_order(problems: list[Problem]) -> list[int]:
     """Problem indices by length: batches of neighbours carry little padding."""
     return sorted(range(len(problems)), key=lambda i: len(problems[i].prompt) + len(problems[i].answer))
-
-
-def inverse(order: list[int]) -> torch.Tensor:
-    """Indices that put results computed in `order` back in the original order."""
-    undo = torch.empty(len(order), dtype=torch.long)
-    undo[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    return undo
 
 
 def depth_accuracy(model: RecurrentDepthLM, task: ReasoningTask, problems: list[Problem],

@@ -66,11 +66,13 @@ def bytes_per_token(config: ModelConfig, num_steps: int, element_size: int) -> i
 
 
 def run_case(model, prompt, num_steps: int, new_tokens: int, **options) -> dict:
-    generate(model, prompt, num_steps=num_steps, init_scale=0.0, max_new_tokens=2, **options)  # warm-up
+    started = time.perf_counter()
+    generate(model, prompt, num_steps=num_steps, init_scale=0.0, max_new_tokens=2, **options)  # warm-up (compiles)
+    warmup = time.perf_counter() - started
     result = generate(model, prompt, num_steps=num_steps, init_scale=0.0, max_new_tokens=new_tokens,
                       stop_ids=[], **options)
     row = {"tokens_per_s": round(result.tokens_per_second, 2), "mean_iterations": round(result.mean_iterations, 2),
-           "cache_bytes": result.cache_bytes}
+           "cache_bytes": result.cache_bytes, "warmup_s": round(warmup, 1)}
     if result.acceptance_rate is not None:
         row["acceptance_rate"] = round(result.acceptance_rate, 3)
     return row | {"_tokens": result.tokens}
@@ -79,13 +81,17 @@ def run_case(model, prompt, num_steps: int, new_tokens: int, **options) -> dict:
 def cases(quick: bool) -> list[tuple]:
     """(hidden, dtype, batch, num_steps, name, options)."""
     f32, bf16 = torch.float32, torch.bfloat16
+    compiled = {"compile": True}
     plan = [(256, f32, 1, 4, "full", {}), (256, f32, 1, 32, "full", {}),
+            (256, f32, 1, 4, "compiled", compiled), (256, f32, 1, 32, "compiled", compiled),
             (256, f32, 1, 32, "speculative_d4", {"draft_steps": 4, "lookahead": 4}),
-            (1024, f32, 1, 4, "full", {}), (1024, f32, 1, 32, "full", {})]
+            (1024, f32, 1, 4, "full", {}), (1024, f32, 1, 32, "full", {}),
+            (1024, f32, 1, 4, "compiled", compiled), (1024, f32, 1, 32, "compiled", compiled)]
     if quick:
         return plan
     return plan + [
-        (256, f32, 8, 4, "full", {}), (256, f32, 8, 32, "full", {}),
+        (256, f32, 8, 4, "full", {}), (256, f32, 8, 32, "full", {}), (256, f32, 8, 4, "compiled", compiled),
+        (256, f32, 1, 32, "compiled_kl_exit", {"exit": "kl:5e-4"} | compiled),
         (256, bf16, 1, 4, "full", {}), (256, bf16, 1, 32, "full", {}),
         (256, f32, 1, 32, "kv_budget_1", {"kv_budget": 1}),
         (256, f32, 1, 32, "kl_exit", {"exit": "kl:5e-4"}),
@@ -119,11 +125,12 @@ def main() -> None:
     models: dict = {}
     plain_tokens: dict = {}
     for hidden, dtype, batch, steps, name, options in cases(args.quick):
-        if (hidden, dtype) not in models:
+        compiled = options.get("compile", False)  # compiling re-lays the weights: a model of its own
+        if (hidden, dtype, compiled) not in models:
             model = RecurrentDepthLM(model_config(hidden))
             model.init_weights(torch.Generator().manual_seed(0))
-            models[hidden, dtype] = model.to(dtype).eval()
-        model = models[hidden, dtype]
+            models[hidden, dtype, compiled] = model.to(dtype).eval()
+        model = models[hidden, dtype, compiled]
         prompt = torch.randint(0, 4096, (batch, PROMPT), generator=torch.Generator().manual_seed(1))
         row = {"hidden": hidden, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "num_steps": steps,
                "variant": name} | run_case(model, prompt, steps, new_tokens, **options)
@@ -138,7 +145,7 @@ def main() -> None:
             full = next(r for r in report["results"] if r["variant"] == "full" and
                         (r["hidden"], r["dtype"], r["batch"], r["num_steps"]) == (hidden, row["dtype"], batch, steps))
             row["speedup_vs_full"] = round(row["tokens_per_s"] / full["tokens_per_s"], 2)
-            if name.startswith("speculative"):
+            if name.startswith("speculative") or name == "compiled":
                 row["same_tokens_as_full"] = tokens == plain_tokens[key]
             row["cache_fraction_of_full"] = round(row["cache_bytes"] / full["cache_bytes"], 4)
         if batch == 1:  # bandwidth measured again beside the case: other jobs on the machine come and go

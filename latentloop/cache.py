@@ -8,9 +8,14 @@ Adaptive exits leave later iterations of a token unwritten. `commit` fills those
 token's last computed iteration, so a later token at iteration i reads, for each past token, the
 latest iteration that token computed (spec section 4). The per-token work is a fixed number of
 tensor ops, independent of the sequence length.
+
+Each layer keeps its own K and V tensors [slots, B, H, L, D], so the slots one compiled decode step
+touches (`step_slots`) are views of distinct tensors and torch.compile updates them in place.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +48,12 @@ class KVCache:
             )
         self.config = config
         self.core_slots = num_steps if kv_budget is None else min(kv_budget, num_steps)
-        self.core_begin = config.n_prelude
-        self.coda_begin = config.n_prelude + config.n_core * self.core_slots
-        n_slots = self.coda_begin + config.n_coda
-        shape = (n_slots, 2, batch_size, config.num_heads, max_length, config.head_dim)
-        self.kv = torch.zeros(shape, dtype=dtype, device=device)
+        self.core_begin, self.coda_begin = config.n_prelude, config.n_prelude + config.n_core
+        n_layers = self.coda_begin + config.n_coda
+        shape = (batch_size, config.num_heads, max_length, config.head_dim)
+        slots = [self.core_slots if self.core_begin <= i < self.coda_begin else 1 for i in range(n_layers)]
+        self.keys = [torch.zeros(n, *shape, dtype=dtype, device=device) for n in slots]
+        self.values = [torch.zeros(n, *shape, dtype=dtype, device=device) for n in slots]
         self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.iterations = torch.zeros(batch_size, max_length, dtype=torch.int32, device=device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -56,24 +62,21 @@ class KVCache:
         self.padded = False
         self._end = 0
         self._mask: Tensor | None = None
+        self._bias: Tensor | None = None  # step_slots' view of `valid`, built once per new token
 
     @property
     def max_length(self) -> int:
-        return self.kv.shape[-2]
+        return self.valid.shape[1]
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the K/V tensors (the part that grows with iterations and length)."""
-        return self.kv.numel() * self.kv.element_size()
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    def slot(self, layer: int, step: int) -> int:
-        """Slot index of global block `layer` at iteration `step` (prelude, core ring, coda)."""
-        core_layer = layer - self.core_begin
-        if core_layer < 0:
-            return layer
-        if core_layer < self.config.n_core:
-            return self.core_begin + core_layer * self.core_slots + step % self.core_slots
-        return self.coda_begin + core_layer - self.config.n_core
+    def slot(self, layer: int, step: int) -> tuple[Tensor, Tensor]:
+        """K and V [B, H, L, D] of global block `layer` at iteration `step` (core layers: a ring)."""
+        index = step % self.core_slots if self.core_begin <= layer < self.coda_begin else 0
+        return self.keys[layer][index], self.values[layer][index]
 
     def begin(self, valid: Tensor | None, new_tokens: int) -> Tensor:
         """Open columns [length, length + new_tokens) for one forward; returns their positions [B, S]."""
@@ -90,6 +93,7 @@ class KVCache:
         self.next_position += valid.sum(-1)
         self._end = end
         self._mask = self._attention_mask(start, end) if (self.padded or new_tokens > 1) else None
+        self._bias = None
         return positions
 
     def _attention_mask(self, start: int, end: int) -> Tensor:
@@ -101,7 +105,7 @@ class KVCache:
 
     def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Write this call's K/V into the layer's slot, then attend over every column so far."""
-        keys, values = self.kv[self.slot(layer, step)]
+        keys, values = self.slot(layer, step)
         start, end = self._end - q.shape[2], self._end
         if self.active is None:
             keys[:, :, start:end] = k
@@ -123,15 +127,51 @@ class KVCache:
 
     def _fill_unwritten(self, start: int, end: int, iterations: Tensor) -> None:
         """Ring slots a row never wrote (it exited early) get that row's last computed iteration."""
-        c = self.config
-        core = self.kv[self.core_begin : self.coda_begin].unflatten(0, (c.n_core, self.core_slots))
-        core = core[..., start:end, :]  # [n_core, slots, 2, B, H, S, D]
         slots = torch.arange(self.core_slots, device=iterations.device)[:, None]
         source = torch.minimum(slots, (iterations.to(slots.device) - 1)[None, :])  # [slots, B]
-        index = source.view(1, self.core_slots, 1, -1, 1, 1, 1).expand_as(core)
-        core.copy_(core.gather(1, index))
+        for ring in self.keys[self.core_begin : self.coda_begin] + self.values[self.core_begin : self.coda_begin]:
+            window = ring[..., start:end, :]  # [slots, B, H, S, D]
+            window.copy_(window.gather(0, source.view(self.core_slots, -1, 1, 1, 1).expand_as(window)))
 
     def rewind(self, length: int) -> None:
         """Forget columns from `length` on (rejected speculative drafts)."""
         self.length = self._end = length
         self.next_position = self.valid[:, :length].sum(-1)
+
+    def step_slots(self, first_layer: int, n_layers: int, step: int) -> StepSlots:
+        """K/V of layers [first_layer, first_layer + n_layers) at iteration `step`, cut to the columns so
+        far, for one new token per row (after `begin(valid, 1)`): what a compiled decode step takes."""
+        end = self._end
+        if end - self.length != 1:
+            raise ValueError("step_slots serves one new token per row; call begin(valid, 1) first")
+        if self._bias is None:
+            self._bias = torch.zeros(self.valid.shape[0], 1, 1, end, dtype=self.keys[0].dtype, device=self.valid.device)
+            self._bias.masked_fill_(~self.valid[:, None, None, :end], float("-inf"))
+        slots = [self.slot(layer, step) for layer in range(first_layer, first_layer + n_layers)]
+        return StepSlots([k[:, :, :end] for k, _ in slots], [v[:, :, :end] for _, v in slots], self._bias,
+                         first_layer, self.active)
+
+
+@dataclass
+class StepSlots:
+    """A KV store for one new token per row holding only tensors (no Python positions), so that one
+    compiled graph serves every token and iteration: the new token's K/V go to the last column."""
+
+    keys: list[Tensor]  # [B, H, columns so far, D] per layer, from first_layer on
+    values: list[Tensor]
+    bias: Tensor  # [B, 1, 1, columns so far]: 0, or -inf at pads
+    first_layer: int
+    active: Tensor | None = None  # [B] rows that may write (the rest exited early)
+
+    def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        keys, values = self.keys[layer - self.first_layer], self.values[layer - self.first_layer]
+        new_k, new_v = keys[:, :, -1:], values[:, :, -1:]
+        if self.active is not None:
+            keep = self.active[:, None, None, None]
+            k, v = torch.where(keep, k, new_k), torch.where(keep, v, new_v)
+        new_k.copy_(k)
+        new_v.copy_(v)
+        # q is [B, H, 1, D]: products and sums, which inductor fuses into one pass over K and one over V
+        scores = (q * keys).sum(-1).unsqueeze(-2) * q.shape[-1] ** -0.5 + self.bias  # [B, H, 1, L]
+        probs = torch.softmax(scores.float(), dim=-1).type_as(q)
+        return (probs.transpose(-1, -2) * values).sum(-2, keepdim=True)

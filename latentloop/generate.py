@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .cache import KVCache
+from .compiled import CompiledSteps, compiled_steps
 from .exits import ExitCriterion, parse_exit
 from .model import Context, RecurrentDepthLM
 from .sampling import Sampler
@@ -43,14 +44,16 @@ class Chunk:
 
 
 class Engine:
-    """A model and its KV cache: runs new tokens through prelude, core (fixed or adaptive) and coda."""
+    """A model and its KV cache: runs new tokens through prelude, core (fixed or adaptive) and coda.
+    With `compile=True`, one new token per row goes through the compiled pieces (`compiled.py`)."""
 
     def __init__(
         self, model: RecurrentDepthLM, cache: KVCache, init_scale: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, compile: bool = False,
     ) -> None:
         self.model, self.cache = model, cache
         self.init_scale, self.generator = init_scale, generator
+        self.compiled: CompiledSteps | None = compiled_steps(model) if compile else None
 
     @torch.inference_mode()
     def forward(
@@ -59,21 +62,23 @@ class Engine:
     ) -> Forward:
         """Append `ids` [B, S] to the cache; `state` [B, S, h] replaces the random initial latent."""
         model, cache = self.model, self.cache
+        run = self.compiled if self.compiled is not None and ids.shape[1] == 1 else model
         positions = cache.begin(valid, ids.shape[1])
         ctx = model.context(ids.shape[1], position_ids=positions, cache=cache)
-        e = model.embed(ids, ctx)
+        e = run.embed(ids, ctx)
         x = model.initial_state(e, self.init_scale, self.generator) if state is None else state
         if exit is None:
             for step in range(num_steps):
-                x = model.core_step(x, e, ctx, step)
-            logits, iterations = model.decode(x, ctx)[1], num_steps
+                x = run.core_step(x, e, ctx, step)
+            logits, iterations = run.decode(x, ctx)[1], num_steps
         else:
-            x, logits, iterations = self._adaptive(x, e, ctx, exit, num_steps)
+            x, logits, iterations = self._adaptive(run, x, e, ctx, exit, num_steps)
         cache.commit(iterations)
         return Forward(logits, x, iterations)
 
     def _adaptive(
-        self, x: Tensor, e: Tensor, ctx: Context, exit: ExitCriterion, num_steps: int
+        self, run: RecurrentDepthLM | CompiledSteps, x: Tensor, e: Tensor, ctx: Context, exit: ExitCriterion,
+        num_steps: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Iterate until each row's criterion fires (not before min_steps); exited rows stay frozen."""
         model, cache = self.model, self.cache
@@ -85,10 +90,10 @@ class Engine:
         for step in range(max_steps):
             if batch > 1:
                 cache.active = ~done
-                x = torch.where(done[:, None, None], x, model.core_step(x, e, ctx, step))
+                x = torch.where(done[:, None, None], x, run.core_step(x, e, ctx, step))
             else:
-                x = model.core_step(x, e, ctx, step)
-            logits = model.decode(x, ctx)[1] if exit.needs_logits else None
+                x = run.core_step(x, e, ctx, step)
+            logits = run.decode(x, ctx)[1] if exit.needs_logits else None
             converged = update(x, logits)
             if step + 1 >= exit.min_steps:
                 iterations = torch.where(converged & ~done, step + 1, iterations)
@@ -97,7 +102,7 @@ class Engine:
                     break
         cache.active = None
         if logits is None:
-            logits = model.decode(x, ctx)[1]
+            logits = run.decode(x, ctx)[1]
         return x, logits, iterations
 
 
@@ -251,6 +256,7 @@ def _run(
     draft_steps: int | None = None,
     lookahead: int = 4,
     attention_mask: Tensor | None = None,
+    compile: bool = False,
 ) -> Iterator[str]:
     """The shared driver: yields row 0's text as it is generated; returns the GenerationResult."""
     started = time.perf_counter()
@@ -284,7 +290,7 @@ def _run(
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     cache = KVCache(model.config, batch, prompt_len + max_new_tokens + extra, depth, kv_budget, model.dtype, device)
-    engine = Engine(model, cache, init_scale, generator)
+    engine = Engine(model, cache, init_scale, generator, compile)
     ids, valid = ids.to(device), valid.to(device)
     seen = None
     if repetition_penalty != 1.0:
@@ -359,7 +365,8 @@ def generate(model: RecurrentDepthLM, prompt: Prompt, tokenizer=None, **options)
     max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed,
     exit ('kl:5e-4', an `exits` criterion, or None), kv_budget (core iterations kept per layer),
     warm_start, stop (strings), stop_ids (default: the tokenizer's), draft_steps + lookahead
-    (self-speculative decoding), attention_mask (for a padded tensor prompt).
+    (self-speculative decoding), attention_mask (for a padded tensor prompt), compile (torch.compile the
+    per-token pieces: a one-off compile of ~30-60 s per model, then several times faster decoding on CPU).
     """
     events = _run(model, prompt, tokenizer, **options)
     while True:

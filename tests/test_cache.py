@@ -116,7 +116,7 @@ def test_budget_one_is_the_hand_checked_rule(model):
     original = cache.attend
 
     def spy(layer, step, q, k, v):
-        keys = cache.kv[cache.slot(layer, step), 0, :, :, 0].clone()  # token 0's K before this call writes
+        keys = cache.slot(layer, step)[0][:, :, 0].clone()  # token 0's K before this call writes
         reads.setdefault((layer, step), keys)
         return original(layer, step, q, k, v)
 
@@ -124,7 +124,7 @@ def test_budget_one_is_the_hand_checked_rule(model):
     first = Engine(model, KVCache(model.config, 1, 1, 2), init_scale=0.0)
     first.forward(ids[:, :1], 2)
     for step in range(2):
-        stored[step] = first.cache.kv[first.cache.slot(model.config.n_prelude, step), 0, :, :, 0]
+        stored[step] = first.cache.slot(model.config.n_prelude, step)[0][:, :, 0]
     cache.attend = spy
     engine.forward(ids[:, 1:2], 2)
     core0 = model.config.n_prelude

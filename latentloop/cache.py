@@ -9,8 +9,8 @@ token's last computed iteration, so a later token at iteration i reads, for each
 latest iteration that token computed (spec section 4). The per-token work is a fixed number of
 tensor ops, independent of the sequence length.
 
-Each layer keeps its own K and V tensors [slots, B, H, L, D], so the slots one compiled decode step
-touches (`step_slots`) are views of distinct tensors and torch.compile updates them in place.
+Every (layer, slot) has its own K and V tensors [B, H, L, D]: a compiled decode step (`step_slots`)
+then takes and updates them in place as plain inputs, not as views of one shared tensor.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class KVCache:
         n_layers = self.coda_begin + config.n_coda
         shape = (batch_size, config.num_heads, max_length, config.head_dim)
         slots = [self.core_slots if self.core_begin <= i < self.coda_begin else 1 for i in range(n_layers)]
-        self.keys = [torch.zeros(n, *shape, dtype=dtype, device=device) for n in slots]
-        self.values = [torch.zeros(n, *shape, dtype=dtype, device=device) for n in slots]
+        self.keys = [[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)] for n in slots]
+        self.values = [[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)] for n in slots]
         self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.iterations = torch.zeros(batch_size, max_length, dtype=torch.int32, device=device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -63,6 +63,7 @@ class KVCache:
         self._end = 0
         self._mask: Tensor | None = None
         self._bias: Tensor | None = None  # step_slots' view of `valid`, built once per new token
+        self._column: Tensor | None = None
 
     @property
     def max_length(self) -> int:
@@ -71,7 +72,7 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         """Bytes held by the K/V tensors (the part that grows with iterations and length)."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return sum(t.numel() * t.element_size() for ring in self.keys + self.values for t in ring)
 
     def slot(self, layer: int, step: int) -> tuple[Tensor, Tensor]:
         """K and V [B, H, L, D] of global block `layer` at iteration `step` (core layers: a ring)."""
@@ -130,8 +131,10 @@ class KVCache:
         slots = torch.arange(self.core_slots, device=iterations.device)[:, None]
         source = torch.minimum(slots, (iterations.to(slots.device) - 1)[None, :])  # [slots, B]
         for ring in self.keys[self.core_begin : self.coda_begin] + self.values[self.core_begin : self.coda_begin]:
-            window = ring[..., start:end, :]  # [slots, B, H, S, D]
-            window.copy_(window.gather(0, source.view(self.core_slots, -1, 1, 1, 1).expand_as(window)))
+            window = torch.stack([t[:, :, start:end] for t in ring])  # [slots, B, H, S, D]
+            window = window.gather(0, source.view(self.core_slots, -1, 1, 1, 1).expand_as(window))
+            for t, filled in zip(ring, window, strict=True):
+                t[:, :, start:end] = filled
 
     def rewind(self, length: int) -> None:
         """Forget columns from `length` on (rejected speculative drafts)."""
@@ -139,38 +142,42 @@ class KVCache:
         self.next_position = self.valid[:, :length].sum(-1)
 
     def step_slots(self, first_layer: int, n_layers: int, step: int) -> StepSlots:
-        """K/V of layers [first_layer, first_layer + n_layers) at iteration `step`, cut to the columns so
-        far, for one new token per row (after `begin(valid, 1)`): what a compiled decode step takes."""
-        end = self._end
-        if end - self.length != 1:
+        """K/V of layers [first_layer, first_layer + n_layers) at iteration `step`, for one new token
+        per row (after `begin(valid, 1)`): what a compiled decode step takes."""
+        if self._end - self.length != 1:
             raise ValueError("step_slots serves one new token per row; call begin(valid, 1) first")
         if self._bias is None:
-            self._bias = torch.zeros(self.valid.shape[0], 1, 1, end, dtype=self.keys[0].dtype, device=self.valid.device)
-            self._bias.masked_fill_(~self.valid[:, None, None, :end], float("-inf"))
+            column = torch.arange(self.max_length, device=self.valid.device)
+            hidden = ~self.valid | (column >= self._end)  # pads and columns not written yet
+            self._bias = torch.zeros(hidden.shape, dtype=self.keys[0][0].dtype, device=hidden.device)
+            self._bias = self._bias.masked_fill(hidden, float("-inf"))[:, None, None, :]
+            self._column = torch.tensor([self._end - 1], device=self.valid.device)
         slots = [self.slot(layer, step) for layer in range(first_layer, first_layer + n_layers)]
-        return StepSlots([k[:, :, :end] for k, _ in slots], [v[:, :, :end] for _, v in slots], self._bias,
-                         first_layer, self.active)
+        return StepSlots([k for k, _ in slots], [v for _, v in slots], self._column, self._bias, first_layer,
+                         self.active)
 
 
 @dataclass
 class StepSlots:
     """A KV store for one new token per row holding only tensors (no Python positions), so that one
-    compiled graph serves every token and iteration: the new token's K/V go to the last column."""
+    compiled graph serves every token and iteration: the token's K/V go to the column `column`, and
+    attention runs over every column with `bias` hiding pads and columns not written yet."""
 
-    keys: list[Tensor]  # [B, H, columns so far, D] per layer, from first_layer on
+    keys: list[Tensor]  # [B, H, L, D] per layer, from first_layer on
     values: list[Tensor]
-    bias: Tensor  # [B, 1, 1, columns so far]: 0, or -inf at pads
+    column: Tensor  # [1]
+    bias: Tensor  # [B, 1, 1, L]: 0, or -inf where hidden
     first_layer: int
     active: Tensor | None = None  # [B] rows that may write (the rest exited early)
 
     def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         keys, values = self.keys[layer - self.first_layer], self.values[layer - self.first_layer]
-        new_k, new_v = keys[:, :, -1:], values[:, :, -1:]
         if self.active is not None:
             keep = self.active[:, None, None, None]
-            k, v = torch.where(keep, k, new_k), torch.where(keep, v, new_v)
-        new_k.copy_(k)
-        new_v.copy_(v)
+            k = torch.where(keep, k, keys.index_select(2, self.column))
+            v = torch.where(keep, v, values.index_select(2, self.column))
+        keys.index_copy_(2, self.column, k)
+        values.index_copy_(2, self.column, v)
         # q is [B, H, 1, D]: products and sums, which inductor fuses into one pass over K and one over V
         scores = (q * keys).sum(-1).unsqueeze(-2) * q.shape[-1] ** -0.5 + self.bias  # [B, H, 1, L]
         probs = torch.softmax(scores.float(), dim=-1).type_as(q)

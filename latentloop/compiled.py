@@ -77,7 +77,7 @@ class CompiledSteps:
         if not isinstance(ctx.cache, KVCache):
             raise TypeError("compiled decoding runs against a KVCache")
         slots = ctx.cache.step_slots(*self.layers[part], step)
-        for tensor in (*slots.keys, *slots.values):  # the length grows every token: one graph for all
+        for tensor in (*slots.keys, *slots.values):  # one graph for every cache length
             torch._dynamo.mark_dynamic(tensor, 2)
         torch._dynamo.mark_dynamic(slots.bias, 3)
         return slots

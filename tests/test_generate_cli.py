@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from latentloop import load_model
 from latentloop.cli import main
-from latentloop.cli.generate import unescape
+from latentloop.cli.generate import add_generation_options, generation_options, unescape
 from latentloop.generate import generate
 from latentloop.tokenizer import Tokenizer
 
@@ -78,3 +79,10 @@ def test_chat_reads_piped_messages(tiny_model_dir):
     second = generate(load_model(tiny_model_dir), tok.chat_prompt(messages), tok, num_steps=2, init_scale=0.0,
                       max_new_tokens=4)
     assert done.stdout.endswith(second.text + "\n")
+
+
+def test_compile_flag_reaches_generate():
+    parser = argparse.ArgumentParser()
+    add_generation_options(parser)
+    assert generation_options(parser.parse_args(["--compile"]), 8)["compile"] is True
+    assert generation_options(parser.parse_args([]), 8)["compile"] is False

@@ -11,6 +11,7 @@ verification (many tokens per row) stay eager.
 from __future__ import annotations
 
 import shutil
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -21,14 +22,17 @@ from .model import Context, RecurrentDepthLM
 OPTIONS = {"cpp_wrapper": True}  # kernels called from C++, not Python: ~10 us less per op on CPU
 
 
+_BUILT: weakref.WeakKeyDictionary[RecurrentDepthLM, CompiledSteps] = weakref.WeakKeyDictionary()
+
+
 def compiled_steps(model: RecurrentDepthLM) -> CompiledSteps:
-    """The model's compiled pieces, built once per model (kept on it) and reused by later calls."""
+    """The model's compiled pieces, built once per model and reused by later calls (while it lives)."""
     if model.device.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
         raise RuntimeError("compile=True needs a C++ compiler for torch.compile on CPU (install g++), "
                            "or drop compile=True to decode eagerly")
-    if getattr(model, "_compiled_steps", None) is None:
-        model._compiled_steps = CompiledSteps(model)
-    return model._compiled_steps
+    if model not in _BUILT:
+        _BUILT[model] = CompiledSteps(model)
+    return _BUILT[model]
 
 
 def column_major_weights(model: RecurrentDepthLM) -> None:
@@ -45,7 +49,7 @@ class CompiledSteps:
     """`embed`, `core_step` and `decode` of a model for one new token per row, each a compiled graph."""
 
     def __init__(self, model: RecurrentDepthLM) -> None:
-        self.model = model
+        self.model = weakref.proxy(model)  # the registry's key: a strong reference would keep it alive
         c = model.config
         self.layers = {"prelude": (0, c.n_prelude), "core": (c.n_prelude, c.n_core),
                        "coda": (c.n_prelude + c.n_core, c.n_coda)}

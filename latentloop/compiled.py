@@ -20,8 +20,6 @@ from .cache import KVCache, StepSlots
 from .model import Context, RecurrentDepthLM
 
 OPTIONS = {"cpp_wrapper": True}  # kernels called from C++, not Python: ~10 us less per op on CPU
-
-
 _BUILT: weakref.WeakKeyDictionary[RecurrentDepthLM, CompiledSteps] = weakref.WeakKeyDictionary()
 
 

@@ -23,9 +23,14 @@ OPTIONS = {"cpp_wrapper": True}  # kernels called from C++, not Python: ~10 us l
 _BUILT: weakref.WeakKeyDictionary[RecurrentDepthLM, CompiledSteps] = weakref.WeakKeyDictionary()
 
 
+def has_cpp_compiler() -> bool:
+    """Inductor builds CPU kernels with a C++ compiler; without one, torch.compile fails on CPU."""
+    return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
 def compiled_steps(model: RecurrentDepthLM) -> CompiledSteps:
     """The model's compiled pieces, built once per model and reused by later calls (while it lives)."""
-    if model.device.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
+    if model.device.type == "cpu" and not has_cpp_compiler():
         raise RuntimeError("compile=True needs a C++ compiler for torch.compile on CPU (install g++), "
                            "or drop compile=True to decode eagerly")
     if model not in _BUILT:

@@ -4,19 +4,17 @@ the same speculative output. Slow-ish: the first test pays the one-off compile (
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from latentloop import load_model
 from latentloop.cache import KVCache
+from latentloop.compiled import has_cpp_compiler
 from latentloop.exits import KL
 from latentloop.generate import Engine, generate
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                reason="inductor needs a C++ compiler")
+pytestmark = pytest.mark.skipif(not has_cpp_compiler(), reason="inductor needs a C++ compiler")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from safetensors.torch import load_file
 from train_helpers import REPO, make_shards, micro_recipe, one_thread, train_losses, write_toml  # noqa: F401
 
 import latentloop
+from latentloop.compiled import has_cpp_compiler
 from latentloop.train.recipe import load_recipe
 from latentloop.train.trainer import Trainer, train
 
@@ -175,12 +175,12 @@ def test_warnings_for_ignored_recurrence_and_collapse(tmp_path, shards, capsys):
     assert "WARNING (step 30): recurrence ignored" in capsys.readouterr().err
 
 
-NO_COMPILER = shutil.which("c++") is None and shutil.which("g++") is None
 
 
 @pytest.mark.parametrize("train_options", [
     {"precision": "bf16"},
-    pytest.param({"compile": True}, marks=pytest.mark.skipif(NO_COMPILER, reason="inductor needs a C++ compiler")),
+    pytest.param({"compile": True},
+                 marks=pytest.mark.skipif(not has_cpp_compiler(), reason="inductor needs a C++ compiler")),
 ], ids=["bf16", "compile"])
 def test_bf16_autocast_and_compile_follow_the_fp32_eager_curve(tmp_path, shards, train_options):
     """bf16 autocast keeps float32 master weights and tracks the float32 losses loosely; per-block

@@ -62,8 +62,11 @@ class KVCache:
         self.padded = False
         self._end = 0
         self._mask: Tensor | None = None
-        self._bias: Tensor | None = None  # step_slots' view of `valid`, built once per new token
-        self._column: Tensor | None = None
+        # What step_slots hands a compiled step, refreshed in place once per new token (the same tensors
+        # every call: compiled graphs see inputs they already know): 0 or -inf per column, the new column.
+        self.step_bias = torch.zeros(batch_size, 1, 1, max_length, dtype=dtype, device=device)
+        self.step_column = torch.zeros(1, dtype=torch.long, device=device)
+        self._slots_stale = True
 
     @property
     def max_length(self) -> int:
@@ -94,7 +97,7 @@ class KVCache:
         self.next_position += valid.sum(-1)
         self._end = end
         self._mask = self._attention_mask(start, end) if (self.padded or new_tokens > 1) else None
-        self._bias = None
+        self._slots_stale = True
         return positions
 
     def _attention_mask(self, start: int, end: int) -> Tensor:
@@ -146,14 +149,14 @@ class KVCache:
         per row (after `begin(valid, 1)`): what a compiled decode step takes."""
         if self._end - self.length != 1:
             raise ValueError("step_slots serves one new token per row; call begin(valid, 1) first")
-        if self._bias is None:
+        if self._slots_stale:
             column = torch.arange(self.max_length, device=self.valid.device)
             hidden = ~self.valid | (column >= self._end)  # pads and columns not written yet
-            self._bias = torch.zeros(hidden.shape, dtype=self.keys[0][0].dtype, device=hidden.device)
-            self._bias = self._bias.masked_fill(hidden, float("-inf"))[:, None, None, :]
-            self._column = torch.tensor([self._end - 1], device=self.valid.device)
+            self.step_bias.zero_().masked_fill_(hidden[:, None, None, :], float("-inf"))
+            self.step_column.fill_(self._end - 1)
+            self._slots_stale = False
         slots = [self.slot(layer, step) for layer in range(first_layer, first_layer + n_layers)]
-        return StepSlots([k for k, _ in slots], [v for _, v in slots], self._column, self._bias, first_layer,
+        return StepSlots([k for k, _ in slots], [v for _, v in slots], self.step_column, self.step_bias, first_layer,
                          self.active)
 
 

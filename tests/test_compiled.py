@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not has_cpp_compiler(), reason="inductor needs a
 
 @pytest.fixture(scope="module")
 def models(conformance_dir):
-    """An eager model and its own copy for compiling (compiling stores the weights column-major)."""
+    """An eager model and its own copy for compiling."""
     return load_model(conformance_dir / "checkpoint"), load_model(conformance_dir / "checkpoint")
 
 
@@ -58,13 +58,11 @@ def test_compiled_early_exit_and_speculation_match_eager(models):
     assert speculative.tokens == generate(eager, prompts, **options).tokens
 
 
-def test_compiling_keeps_the_weights_values(conformance_dir, tmp_path):
-    from latentloop.compiled import column_major_weights
+def test_row_group_matvec_equals_the_matrix_product():
+    from latentloop.compiled import ROW_GROUPS, _matvec_in_row_groups
 
-    model = load_model(conformance_dir / "checkpoint")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    column_major_weights(model)
-    assert not model.transformer.adapter.weight.is_contiguous()  # stored transposed ...
-    model.save_pretrained(str(tmp_path / "saved"))
-    for k, v in load_model(tmp_path / "saved").state_dict().items():
-        assert torch.equal(v, before[k]), k  # ... with the same values, saved and loaded back
+    weight = torch.randn(12 * ROW_GROUPS, 40, generator=torch.Generator().manual_seed(0))
+    row = torch.randn(1, 40, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_matvec_in_row_groups(row, weight.t()), row @ weight.t())
+    assert _matvec_in_row_groups(row.expand(2, 40), weight.t()) is NotImplemented  # batches keep the GEMM
+    assert _matvec_in_row_groups(row, weight[:-1].t()) is NotImplemented  # rows not divisible into groups

@@ -66,3 +66,16 @@ def test_row_group_matvec_equals_the_matrix_product():
     torch.testing.assert_close(_matvec_in_row_groups(row, weight.t()), row @ weight.t())
     assert _matvec_in_row_groups(row.expand(2, 40), weight.t()) is NotImplemented  # batches keep the GEMM
     assert _matvec_in_row_groups(row, weight[:-1].t()) is NotImplemented  # rows not divisible into groups
+
+
+def test_graphs_shared_by_models_of_one_shape_use_each_models_weights(models):
+    from latentloop import RecurrentDepthLM
+
+    twin = RecurrentDepthLM(models[1].config)  # same shapes, so the same graphs; other weights
+    twin.init_weights(torch.Generator().manual_seed(1))
+    options = dict(num_steps=4, init_scale=0.0, max_new_tokens=8, stop_ids=[])
+    prompts = [[5, 6, 7, 8, 9, 10]]
+    expected = {id(m): generate(m, prompts, **options).tokens for m in (models[0], twin)}
+    assert expected[id(models[0])] != expected[id(twin)]
+    for model, weights_of in ((models[1], models[0]), (twin, twin), (models[1], models[0]), (twin, twin)):
+        assert generate(model, prompts, compile=True, **options).tokens == expected[id(weights_of)]

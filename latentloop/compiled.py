@@ -111,9 +111,9 @@ class CompiledSteps:
         return self._run(self._decode, "coda", ctx, 0, x)
 
     def _run(self, graph: Callable, part: str, ctx: Context, step: int, *inputs: Tensor) -> Any:
-        """Call a graph. The first call of each kind (piece, shapes, dtype, exited rows or not) goes
-        through dynamo's guards, which compile a graph for it (whole: fullgraph, and never refused for
-        having too many) or pick the one compiled earlier, maybe for another model of the same shapes.
+        """Call a graph. The first call of each kind (piece; inputs' shapes, strides, dtypes; exited rows
+        or not) goes through dynamo's guards, which compile a graph for it (whole: fullgraph, and never
+        refused for having too many) or pick one compiled earlier, maybe for another model of its shapes.
         Later calls of a kind already seen are what those guards passed, so they skip evaluating all
         but the guards that tell the graphs apart (~130 us less a call)."""
         slots = self._slots(ctx, part, step)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not has_cpp_compiler(), reason="inductor needs a
 
 @pytest.fixture(scope="module")
 def models(conformance_dir):
-    """An eager model and its own copy for compiling."""
+    """Two loads of the conformance checkpoint: one decodes eagerly, the other compiled."""
     return load_model(conformance_dir / "checkpoint"), load_model(conformance_dir / "checkpoint")
 
 

@@ -175,8 +175,6 @@ def test_warnings_for_ignored_recurrence_and_collapse(tmp_path, shards, capsys):
     assert "WARNING (step 30): recurrence ignored" in capsys.readouterr().err
 
 
-
-
 @pytest.mark.parametrize("train_options", [
     {"precision": "bf16"},
     pytest.param({"compile": True},

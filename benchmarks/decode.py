@@ -59,6 +59,16 @@ def machine_bounds(dtype: torch.dtype, matmul: bool = True) -> dict:
     return bounds
 
 
+def read_bandwidth_by_size(sizes_mb: tuple[float, ...] = (4, 8, 12, 16, 24, 32, 128)) -> dict[str, float]:
+    """Read bandwidth (a sum) over arrays of each size, GB/s: where it falls is the cache the cores
+    really get. A core iteration whose weights exceed it streams them from memory every iteration."""
+    result = {}
+    for mb in sizes_mb:
+        array = torch.randn(int(mb * 2**20) // 4)
+        result[f"{mb:g}MB"] = round(array.numel() * 4 / timed(array.sum, max(5, int(400 / mb))) / 1e9, 1)
+    return result
+
+
 def bytes_per_token(config: ModelConfig, num_steps: int, element_size: int) -> int:
     """Weights read for one token at batch 1: prelude and coda once, core and adapter per iteration, head."""
     h, inter = config.hidden_size, config.intermediate_size
@@ -132,7 +142,11 @@ def main() -> None:
     bounds = {"float32": machine_bounds(torch.float32), "bfloat16": machine_bounds(torch.bfloat16)}
     report: dict = {"machine": {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                                 "load_average": os.getloadavg(), **{k: {n: round(v, 2) for n, v in b.items()}
-                                                                    for k, b in bounds.items()}},
+                                                                    for k, b in bounds.items()},
+                                "read_GBps_by_size": read_bandwidth_by_size()},
+                    "core_iteration_weight_MB": {f"h{h}": round(bytes_per_token(model_config(h), 1, 4) / 2**20 -
+                                                               bytes_per_token(model_config(h), 0, 4) / 2**20, 1)
+                                                 for h in (256, 1024)},
                     "setup": {"prompt": PROMPT, "new_tokens": new_tokens, "greedy": True, "init_scale": 0.0,
                               "timed_runs_per_case": args.repeat},
                     "reference_tokens_per_s": REFERENCE, "results": []}

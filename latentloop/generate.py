@@ -68,8 +68,7 @@ class Engine:
         e = run.embed(ids, ctx)
         x = model.initial_state(e, self.init_scale, self.generator) if state is None else state
         if exit is None:
-            for step in range(num_steps):
-                x = run.core_step(x, e, ctx, step)
+            x = run.recur(x, e, ctx, num_steps)
             logits, iterations = run.decode(x, ctx)[1], num_steps
         else:
             x, logits, iterations = self._adaptive(run, x, e, ctx, exit, num_steps)

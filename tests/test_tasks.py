@@ -9,6 +9,7 @@ import torch
 from latentloop.tasks import TASKS, exact_match, get_task, task_from_dir, teacher_forced_correct
 from latentloop.tasks.addition import Addition
 from latentloop.tasks.base import IGNORE
+from latentloop.tasks.circuit import Circuit
 from latentloop.tasks.modchain import ModChain
 
 
@@ -18,6 +19,21 @@ def evaluate_chain(text: str) -> int:
     for op, digit in zip(text[1::2], text[2::2], strict=True):
         value = eval(f"{value}{op}{digit}") % 10
     return value
+
+
+def evaluate_circuit(prompt: str) -> tuple[list[int], list[int]]:
+    """Independent evaluation of a circuit prompt such as '0703120=': each item's value and depth."""
+    values, depths = [], []
+    for i in range(0, len(prompt) - 1, 2):
+        x, y = int(prompt[i]), int(prompt[i + 1])
+        here = len(values)
+        if x == 0:  # an input
+            values.append(y)
+            depths.append(0)
+        else:
+            values.append((values[here - x] + values[here - y]) % 10)
+            depths.append(1 + max(depths[here - x], depths[here - y]))
+    return values, depths
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -68,6 +84,29 @@ def test_mixed_lengths_put_one_longer_chain_inside_a_training_length():
     assert all(p.difficulty > 12 for p in test)
     with pytest.raises(ValueError, match=r"lower test_ops\[1\] to at most 23"):
         ModChain(train_ops=(1, 12), test_ops=(13, 24), chains=2, mixed_lengths=True)
+
+
+def test_circuit_answers_depths_and_one_length():
+    task = Circuit(inputs=4, gates=20, train_depth=(4, 8), test_depth=(12, 20), partial_labels=True)
+    problems = task.problems("train", 300) + task.problems("test", 100)
+    for p in problems:
+        values, depths = evaluate_circuit(p.prompt)
+        assert p.answer == str(values[-1]) and depths[-1] == p.difficulty  # the last gate is the deepest
+        assert len(p.prompt) == 2 * 24 + 1 and p.prompt.endswith("=")  # every problem has the same length
+        assert depths == sorted(depths) and max(b - a for a, b in zip(depths, depths[1:])) <= 1
+    assert {p.difficulty for p in problems} == set(range(4, 9)) | set(range(12, 21))
+    ids, labels = task.encode(problems[:1], partial_labels=True)
+    values, _ = evaluate_circuit(problems[0].prompt)
+    prompt = problems[0].prompt
+    for item, value in enumerate(values):  # each item's value at its second character ...
+        assert task.tokenizer.decode([int(labels[0, 2 + 2 * item])]) == str(value)
+        first = int(prompt[2 * item])  # ... and a gate's first input at its first (inputs: nothing)
+        expected = IGNORE if first == 0 else task.tokenizer.encode(str(values[item - first]))[0]
+        assert labels[0, 1 + 2 * item] == expected
+    with pytest.raises(ValueError, match=r"must lie within 3-20 for 20 gates"):
+        Circuit(gates=20, train_depth=(2, 8), test_depth=(12, 20))
+    with pytest.raises(ValueError, match="inputs must be >= 2"):
+        Circuit(inputs=1)
 
 
 def test_addition_answers_and_carry_chains():

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from .addition import Addition
 from .base import Problem, ReasoningTask, exact_match, teacher_forced_correct
+from .circuit import Circuit
 from .modchain import ModChain
 
-TASKS: dict[str, type[ReasoningTask]] = {"addition": Addition, "modchain": ModChain}
+TASKS: dict[str, type[ReasoningTask]] = {"addition": Addition, "circuit": Circuit, "modchain": ModChain}
 
 
 def get_task(name: str, **task_args) -> ReasoningTask:
@@ -42,5 +43,5 @@ def task_from_dir(directory: str | Path) -> ReasoningTask:
     return get_task(spec["name"], **spec.get("args", {}))
 
 
-__all__ = ["TASKS", "TASK_FILE", "Addition", "ModChain", "Problem", "ReasoningTask", "exact_match", "get_task",
+__all__ = ["TASKS", "TASK_FILE", "Addition", "Circuit", "ModChain", "Problem", "ReasoningTask", "exact_match", "get_task",
            "task_from_dir", "teacher_forced_correct"]

@@ -121,9 +121,10 @@ class CompiledSteps:
         return self._run(self._decode, "coda", ctx, range(1), x)
 
     def _run(self, graph: Callable, part: str, ctx: Context, steps: range, *inputs: Tensor) -> Any:
-        """Call a graph for iterations `steps`. The first call of each kind (piece and iterations per call;
-        inputs' shapes, strides, dtypes; exited rows or not; a cache slot handed twice) goes through dynamo's guards, which compile a graph for it (whole: fullgraph, and never
-        refused for having too many) or pick one compiled earlier, maybe for another model of its shapes.
+        """Call a graph for iterations `steps`. The first call of each kind (piece and iterations per
+        call; inputs' shapes, strides, dtypes; exited rows or not; a cache slot handed twice) goes
+        through dynamo's guards, which compile a graph for it (whole: fullgraph, and never refused for
+        having too many) or pick one compiled earlier, maybe for another model of its shapes.
         Later calls of a kind already seen are what those guards passed, so they skip evaluating all
         but the guards that tell the graphs apart (~130 us less a call)."""
         slots = [self._slots(ctx, part, step) for step in steps]

@@ -93,7 +93,7 @@ def test_circuit_answers_depths_and_one_length():
         values, depths = evaluate_circuit(p.prompt)
         assert p.answer == str(values[-1]) and depths[-1] == p.difficulty  # the last gate is the deepest
         assert len(p.prompt) == 2 * 24 + 1 and p.prompt.endswith("=")  # every problem has the same length
-        assert depths == sorted(depths) and max(b - a for a, b in zip(depths, depths[1:])) <= 1
+        assert depths == sorted(depths) and max(b - a for a, b in zip(depths, depths[1:], strict=False)) <= 1
     assert {p.difficulty for p in problems} == set(range(4, 9)) | set(range(12, 21))
     ids, labels = task.encode(problems[:1], partial_labels=True)
     values, _ = evaluate_circuit(problems[0].prompt)

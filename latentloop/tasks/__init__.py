@@ -43,5 +43,5 @@ def task_from_dir(directory: str | Path) -> ReasoningTask:
     return get_task(spec["name"], **spec.get("args", {}))
 
 
-__all__ = ["TASKS", "TASK_FILE", "Addition", "Circuit", "ModChain", "Problem", "ReasoningTask", "exact_match", "get_task",
-           "task_from_dir", "teacher_forced_correct"]
+__all__ = ["TASKS", "TASK_FILE", "Addition", "Circuit", "ModChain", "Problem", "ReasoningTask", "exact_match",
+           "get_task", "task_from_dir", "teacher_forced_correct"]

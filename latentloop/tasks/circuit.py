@@ -42,8 +42,8 @@ class Circuit(ReasoningTask):
         shallowest = math.ceil(gates / (MAX_OFFSET - 1))  # wider levels would put a gate's two inputs out of reach
         for label, (lo, hi) in (("train_depth", train_depth), ("test_depth", test_depth)):
             if lo < shallowest or hi > gates:
-                raise ValueError(f"{label} ({lo}, {hi}) must lie within {shallowest}-{gates} for {gates} gates "
-                                 f"(a gate reads at most {MAX_OFFSET} items back; a path has at most one gate per item)")
+                raise ValueError(f"{label} ({lo}, {hi}) must lie within {shallowest}-{gates} for {gates} gates (a "
+                                 f"gate reads at most {MAX_OFFSET} items back; a path has at most one gate per item)")
         super().__init__(tuple(train_depth), tuple(test_depth), partial_labels)
         self.inputs, self.gates = inputs, gates
 

@@ -66,6 +66,7 @@ class KVCache:
         # every call: compiled graphs see inputs they already know): 0 or -inf per column, the new column.
         self.step_bias = torch.zeros(batch_size, 1, 1, max_length, dtype=dtype, device=device)
         self.step_column = torch.zeros(1, dtype=torch.long, device=device)
+        self._bias, self._columns = self.step_bias, self.step_column  # those of the open columns
         self._slots_stale = True
 
     @property
@@ -145,31 +146,43 @@ class KVCache:
         self.next_position = self.valid[:, :length].sum(-1)
 
     def step_slots(self, first_layer: int, n_layers: int, step: int) -> StepSlots:
-        """K/V of layers [first_layer, first_layer + n_layers) at iteration `step`, for one new token
-        per row (after `begin(valid, 1)`): what a compiled decode step takes."""
-        if self._end - self.length != 1:
-            raise ValueError("step_slots serves one new token per row; call begin(valid, 1) first")
+        """K/V of layers [first_layer, first_layer + n_layers) at iteration `step` for the columns opened
+        by `begin`: what a compiled step takes."""
         if self._slots_stale:
-            column = torch.arange(self.max_length, device=self.valid.device)
-            hidden = ~self.valid | (column >= self._end)  # pads and columns not written yet
-            self.step_bias.zero_().masked_fill_(hidden[:, None, None, :], float("-inf"))
-            self.step_column.fill_(self._end - 1)
-            self._slots_stale = False
+            self._refresh_slots()
         slots = [self.slot(layer, step) for layer in range(first_layer, first_layer + n_layers)]
-        return StepSlots([k for k, _ in slots], [v for _, v in slots], self.step_column, self.step_bias, first_layer,
+        return StepSlots([k for k, _ in slots], [v for _, v in slots], self._columns, self._bias, first_layer,
                          self.active)
+
+    def _refresh_slots(self) -> None:
+        """Bias and columns of the open columns; for one new token, the persistent tensors, in place."""
+        start, end = self.length, self._end
+        column = torch.arange(self.max_length, device=self.valid.device)
+        if end - start == 1:
+            hidden = ~self.valid | (column >= end)  # pads and columns not written yet
+            self.step_bias.zero_().masked_fill_(hidden[:, None, None, :], float("-inf"))
+            self.step_column.fill_(start)
+            self._bias, self._columns = self.step_bias, self.step_column
+        else:  # many tokens (a prompt, speculative drafts): causal over real tokens, as in `attend`
+            allowed = torch.zeros(self.valid.shape[0], 1, end - start, self.max_length, dtype=torch.bool,
+                                  device=self.valid.device)
+            allowed[..., :end] = self._mask
+            self._bias = torch.zeros(allowed.shape, dtype=self.step_bias.dtype, device=allowed.device)
+            self._bias.masked_fill_(~allowed, float("-inf"))
+            self._columns = torch.arange(start, end, device=self.valid.device)
+        self._slots_stale = False
 
 
 @dataclass
 class StepSlots:
-    """A KV store for one new token per row holding only tensors (no Python positions), so that one
-    compiled graph serves every token and iteration: the token's K/V go to the column `column`, and
-    attention runs over every column with `bias` hiding pads and columns not written yet."""
+    """A KV store holding only tensors (no Python positions), so that one compiled graph serves every
+    token and iteration: the new tokens' K/V go to the columns `columns`, and attention runs over every
+    column with `bias` hiding pads, later tokens and columns not written yet."""
 
     keys: list[Tensor]  # [B, H, L, D] per layer, from first_layer on
     values: list[Tensor]
-    column: Tensor  # [1]
-    bias: Tensor  # [B, 1, 1, L]: 0, or -inf where hidden
+    columns: Tensor  # [S]
+    bias: Tensor  # [B, 1, S, L]: 0, or -inf where hidden
     first_layer: int
     active: Tensor | None = None  # [B] rows that may write (the rest exited early)
 
@@ -177,11 +190,13 @@ class StepSlots:
         keys, values = self.keys[layer - self.first_layer], self.values[layer - self.first_layer]
         if self.active is not None:
             keep = self.active[:, None, None, None]
-            k = torch.where(keep, k, keys.index_select(2, self.column))
-            v = torch.where(keep, v, values.index_select(2, self.column))
-        keys.index_copy_(2, self.column, k)
-        values.index_copy_(2, self.column, v)
-        # q is [B, H, 1, D]: products and sums, which inductor fuses into one pass over K and one over V
+            k = torch.where(keep, k, keys.index_select(2, self.columns))
+            v = torch.where(keep, v, values.index_select(2, self.columns))
+        keys.index_copy_(2, self.columns, k)
+        values.index_copy_(2, self.columns, v)
+        if q.shape[2] > 1:
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.bias)
+        # one token, q [B, H, 1, D]: products and sums, which inductor fuses into one pass over K and one over V
         scores = (q * keys).sum(-1).unsqueeze(-2) * q.shape[-1] ** -0.5 + self.bias  # [B, H, 1, L]
         probs = torch.softmax(scores.float(), dim=-1).type_as(q)
         return (probs.transpose(-1, -2) * values).sum(-2, keepdim=True)

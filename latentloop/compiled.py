@@ -1,12 +1,12 @@
-"""torch.compile'd decoding: prelude, core iterations and coda, each one graph for one new token.
+"""torch.compile'd decoding: prelude, core iterations and coda, each one graph.
 
 Eager decoding of a small model spends much of its time launching ~80 tiny ops per block. Here each
 piece of the model is compiled once (inductor, C++ wrapper) for one new token per row. The KV cache
 reaches the graphs as `cache.StepSlots`, tensors only and dynamic in the length, so one graph serves
 every token and every iteration without recompiling. The pieces have the model's own signatures
 (`embed`, `core_step`, `recur`, `decode`), so `generate.Engine` calls either; at a fixed depth one
-graph runs ITERATIONS_PER_CALL iterations (a call costs ~0.15 ms outside its kernels). Prefill and
-speculative verification (many tokens per row) stay eager.
+graph runs ITERATIONS_PER_CALL iterations (a call costs ~0.15 ms outside its kernels). Prompts and
+speculative drafts (many tokens per row) go through graphs of their own, dynamic in their length.
 
 At batch 1 on CPU, every projection is a matrix-vector product, bound by how fast the weights stream
 in. MKL's kernel, and inductor's own dot-product loop, read one weight row at a time and reach about
@@ -17,6 +17,7 @@ matrix side by side instead (1.5-2x faster core iterations).
 from __future__ import annotations
 
 import shutil
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,11 @@ def _backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
     return compile_fx(graph, example_inputs, config_patches=OPTIONS, decompositions=decompositions)
 
 
+def _copy_of(function: Callable) -> Callable:
+    """The same function with a code object of its own."""
+    return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__)
+
+
 def _tensor_kind(t: Tensor) -> tuple:
     """What dynamo's guards check of a static-shape input tensor."""
     return t.shape, t.stride(), t.dtype, t.device, t.is_inference(), t.requires_grad
@@ -93,7 +99,7 @@ def _decode_graph(model: RecurrentDepthLM, x: Tensor, rope: Tensor, slots: StepS
 
 
 class CompiledSteps:
-    """`embed`, `core_step` and `decode` of a model for one new token per row, each a compiled graph."""
+    """`embed`, `core_step`, `recur` and `decode` of a model, each a compiled graph."""
 
     def __init__(self, model: RecurrentDepthLM) -> None:
         self._model = weakref.ref(model)  # the registry's key: a strong reference would keep it alive
@@ -102,8 +108,12 @@ class CompiledSteps:
                        "coda": (c.n_prelude + c.n_core, c.n_coda)}
         self._caches: weakref.WeakSet[KVCache] = weakref.WeakSet()  # caches whose lengths are marked dynamic
         self._known: set[tuple] = set()  # kinds of call whose graph exists (see `_run`)
-        self._embed, self._core, self._decode = (torch.compile(f, backend=_backend, fullgraph=True)
-                                                 for f in (_embed_graph, _core_graph, _decode_graph))
+        graphs = (_embed_graph, _core_graph, _decode_graph)
+        self._embed, self._core, self._decode = (torch.compile(f, backend=_backend, fullgraph=True) for f in graphs)
+        # Many new tokens per row (prompts, speculative drafts): the same pieces as their own code objects,
+        # since dynamo keeps one cache per code object and the one-token calls skip most guards.
+        self._many = {part: torch.compile(_copy_of(f), backend=_backend, fullgraph=True)
+                      for part, f in zip(("prelude", "core", "coda"), graphs, strict=True)}
 
     def embed(self, ids: Tensor, ctx: Context) -> Tensor:
         return self._run(self._embed, "prelude", ctx, range(1), ids)
@@ -129,6 +139,9 @@ class CompiledSteps:
         but the guards that tell the graphs apart (~130 us less a call)."""
         slots = [self._slots(ctx, part, step) for step in steps]
         args = (self._model(), *inputs, ctx.rope, slots if part == "core" else slots[0])
+        if inputs[0].shape[1] > 1:  # once per prompt or draft: guards are cheap next to the work
+            with torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS):
+                return self._many[part](*args)
         distinct = len({id(s.keys[0]) for s in slots})  # a KV ring shorter than the call hands a slot twice
         kind = (part, len(slots), distinct, *map(_tensor_kind, (*inputs, ctx.rope)), slots[0].active is None,
                 slots[0].keys[0].dtype, slots[0].keys[0].is_inference())
@@ -149,4 +162,7 @@ class CompiledSteps:
                 torch._dynamo.mark_dynamic(tensor, 2)
             torch._dynamo.mark_dynamic(cache.step_bias, 3)
             self._caches.add(cache)
-        return cache.step_slots(*self.layers[part], step)
+        slots = cache.step_slots(*self.layers[part], step)
+        if slots.bias is not cache.step_bias:  # a fresh bias for many new tokens: dynamic in the length too
+            torch._dynamo.mark_dynamic(slots.bias, 3)
+        return slots

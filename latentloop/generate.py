@@ -45,7 +45,7 @@ class Chunk:
 
 class Engine:
     """A model and its KV cache: runs new tokens through prelude, core (fixed or adaptive) and coda.
-    With `compile=True`, one new token per row goes through the compiled pieces (`compiled.py`)."""
+    With `compile=True`, every forward goes through the compiled pieces (`compiled.py`)."""
 
     def __init__(
         self, model: RecurrentDepthLM, cache: KVCache, init_scale: float = 1.0,
@@ -62,7 +62,7 @@ class Engine:
     ) -> Forward:
         """Append `ids` [B, S] to the cache; `state` [B, S, h] replaces the random initial latent."""
         model, cache = self.model, self.cache
-        run = self.compiled if self.compiled is not None and ids.shape[1] == 1 else model
+        run = self.compiled if self.compiled is not None else model
         positions = cache.begin(valid, ids.shape[1])
         ctx = model.context(ids.shape[1], position_ids=positions, cache=cache)
         e = run.embed(ids, ctx)

@@ -11,6 +11,7 @@ figures measured on this 2-core machine (`REFERENCE`).
     python benchmarks/decode.py --repeat 5  # best of 5 timed runs per case (default 3)
     python benchmarks/decode.py --threads 1  # one thread: steadier when other jobs share the cores
     python benchmarks/decode.py --quick --trained runs/stories-small/model  # + speculation on trained weights
+    python benchmarks/decode.py --quick --trained default --prompt "4+3*7-2,8*3="  # ... on the bundled model
 """
 
 from __future__ import annotations
@@ -190,25 +191,28 @@ def main() -> None:
     report["cache_memory_h256_r32"] = {"full_bytes": full.nbytes, "kv_budget_1_bytes": shared.nbytes,
                                        "fraction": round(shared.nbytes / full.nbytes, 4)}
     if args.trained:
-        report["speculative_trained"] = speculative_on(args.trained, args.prompt, new_tokens)
+        report["speculative_trained"] = speculative_on(args.trained, args.prompt, new_tokens, args.repeat)
     print(json.dumps(report, indent=2))
 
 
-def speculative_on(model_dir: str, prompt: str, new_tokens: int) -> dict:
-    """Plain greedy decoding at 32 iterations against drafting 4 tokens at 4 iterations, on a real model."""
+def speculative_on(model_dir: str, prompt: str, new_tokens: int, repeat: int) -> dict:
+    """Plain greedy decoding at 32 iterations against drafting 4 tokens at 4 iterations, on a real model,
+    eager and compiled."""
     from latentloop import load_model
     from latentloop.tokenizer import load_tokenizer
 
     model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
     ids = torch.tensor([tokenizer.encode_prompt(prompt)])
-    plain = run_case(model, ids, 32, new_tokens)
-    speculative = run_case(model, ids, 32, new_tokens, draft_steps=4, lookahead=4)
-    return {"model": model_dir, "prompt": prompt, "plain_tokens_per_s": plain["tokens_per_s"],
-            "speculative_tokens_per_s": speculative["tokens_per_s"],
-            "acceptance_rate": speculative["acceptance_rate"],
-            "speedup": round(speculative["tokens_per_s"] / plain["tokens_per_s"], 2),
-            "same_tokens": plain["_tokens"] == speculative["_tokens"]}
-
+    report: dict = {"model": model_dir, "prompt": prompt}
+    for name, options in (("eager", {}), ("compiled", {"compile": True})):
+        plain = run_case(model, ids, 32, new_tokens, repeat, **options)
+        speculative = run_case(model, ids, 32, new_tokens, repeat, draft_steps=4, lookahead=4, **options)
+        report[name] = {"plain_tokens_per_s": plain["tokens_per_s"],
+                        "speculative_tokens_per_s": speculative["tokens_per_s"],
+                        "acceptance_rate": speculative["acceptance_rate"],
+                        "speedup": round(speculative["tokens_per_s"] / plain["tokens_per_s"], 2),
+                        "same_tokens": plain["_tokens"] == speculative["_tokens"]}
+    return report
 
 if __name__ == "__main__":
     main()

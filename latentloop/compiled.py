@@ -138,6 +138,10 @@ class CompiledSteps:
         Later calls of a kind already seen are what those guards passed, so they skip evaluating all
         but the guards that tell the graphs apart (~130 us less a call)."""
         slots = [self._slots(ctx, part, step) for step in steps]
+        # A view into a larger tensor (a verified token picked from its row) starts at an offset, which
+        # dynamo guards on: a fresh copy keeps every call of a kind what the guards once passed.
+        inputs = tuple(t if t.storage_offset() == 0 else t.clone(memory_format=torch.contiguous_format)
+                       for t in inputs)
         args = (self._model(), *inputs, ctx.rope, slots if part == "core" else slots[0])
         if inputs[0].shape[1] > 1:  # once per prompt or draft: guards are cheap next to the work
             with torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS):

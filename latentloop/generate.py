@@ -10,6 +10,7 @@ yields the text of row 0 as it arrives. `generate` collects the result; `stream`
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -337,6 +338,15 @@ def _run(
     )
 
 
+def _events(model: RecurrentDepthLM, prompt: Prompt, tokenizer, options: dict) -> Iterator[str]:
+    """`_run` with its options checked by name first, so that a misspelt one is named, not a TypeError."""
+    known = list(inspect.signature(_run).parameters)[3:]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown generation option(s) {', '.join(unknown)}; the options are: {', '.join(known)}")
+    return _run(model, prompt, tokenizer, **options)
+
+
 def _extend(row: _Row, new: list[int], iterations: int, limit: int, stop_ids: set[int], stops: list[str]) -> None:
     """Append a chunk's tokens to a row until a stop id, a stop string or the token limit ends it."""
     for token in new:
@@ -367,7 +377,7 @@ def generate(model: RecurrentDepthLM, prompt: Prompt, tokenizer=None, **options)
     (self-speculative decoding), attention_mask (for a padded tensor prompt), compile (torch.compile the
     per-token pieces: a one-off compile of ~30-60 s per model, then 1.6-3.9x faster decoding on a 2-core CPU).
     """
-    events = _run(model, prompt, tokenizer, **options)
+    events = _events(model, prompt, tokenizer, options)
     while True:
         try:
             next(events)
@@ -397,4 +407,4 @@ def stream(model: RecurrentDepthLM, prompt: Prompt, tokenizer, **options) -> Tex
     """Like `generate`, but yields the text of the (first) prompt piece by piece; needs a tokenizer."""
     if tokenizer is None:
         raise ValueError("streaming yields text and needs a tokenizer; use generate() for token ids")
-    return TextStream(_run(model, prompt, tokenizer, **options))
+    return TextStream(_events(model, prompt, tokenizer, options))

@@ -13,6 +13,7 @@ from latentloop.cache import KVCache
 from latentloop.compiled import has_cpp_compiler
 from latentloop.exits import KL
 from latentloop.generate import Engine, generate
+from latentloop.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.skipif(not has_cpp_compiler(), reason="inductor needs a C++ compiler")
 
@@ -79,3 +80,15 @@ def test_graphs_shared_by_models_of_one_shape_use_each_models_weights(models):
     assert expected[id(models[0])] != expected[id(twin)]
     for model, weights_of in ((models[1], models[0]), (twin, twin), (models[1], models[0]), (twin, twin)):
         assert generate(model, prompts, compile=True, **options).tokens == expected[id(weights_of)]
+
+
+def test_compiled_speculation_on_the_bundled_model_matches_plain_greedy():
+    """Drafts the verifier accepts in part and in full, round after round: the tokens fed back are
+    picked from the verifier's rows at varying offsets, and every such call reuses a known graph."""
+    model = load_model("default").eval()
+    prompt = [load_tokenizer("default").encode_prompt("4+3*7-2,8*3=")]
+    options = dict(num_steps=32, init_scale=0.0, max_new_tokens=64, stop_ids=[])
+    plain = generate(model, prompt, **options)
+    speculative = generate(model, prompt, compile=True, draft_steps=4, lookahead=4, **options)
+    assert speculative.tokens == plain.tokens
+    assert 0 < speculative.accepted < speculative.drafted

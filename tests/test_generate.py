@@ -126,6 +126,8 @@ def test_bad_input_errors(model, tiny_model_dir, tmp_path):
         generate(model, [])
     with pytest.raises(ValueError, match="vocabulary"):
         generate(model, [1, 999])
+    with pytest.raises(ValueError, match="unknown generation option.* stop_token_ids; the options are: .*stop_ids"):
+        generate(model, [1, 2], stop_token_ids=[0])
     model_only = tmp_path / "no-tokenizer"
     load_model(tiny_model_dir).save_pretrained(str(model_only))
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):

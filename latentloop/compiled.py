@@ -138,8 +138,8 @@ class CompiledSteps:
         Later calls of a kind already seen are what those guards passed, so they skip evaluating all
         but the guards that tell the graphs apart (~130 us less a call)."""
         slots = [self._slots(ctx, part, step) for step in steps]
-        # A view into a larger tensor (a verified token picked from its row) starts at an offset, which
-        # dynamo guards on: a fresh copy keeps every call of a kind what the guards once passed.
+        # A token picked from the verifier's row is a view (the row's stride, an offset); such views once
+        # tripped the skip-guard stance (test_compiled, bundled model): a fresh copy is like every token.
         inputs = tuple(t if t.storage_offset() == 0 else t.clone(memory_format=torch.contiguous_format)
                        for t in inputs)
         args = (self._model(), *inputs, ctx.rope, slots if part == "core" else slots[0])

@@ -214,5 +214,6 @@ def speculative_on(model_dir: str, prompt: str, new_tokens: int, repeat: int) ->
                         "same_tokens": plain["_tokens"] == speculative["_tokens"]}
     return report
 
+
 if __name__ == "__main__":
     main()

@@ -157,8 +157,8 @@ class KVCache:
     def _refresh_slots(self) -> None:
         """Bias and columns of the open columns; for one new token, the persistent tensors, in place."""
         start, end = self.length, self._end
-        column = torch.arange(self.max_length, device=self.valid.device)
         if end - start == 1:
+            column = torch.arange(self.max_length, device=self.valid.device)
             hidden = ~self.valid | (column >= end)  # pads and columns not written yet
             self.step_bias.zero_().masked_fill_(hidden[:, None, None, :], float("-inf"))
             self.step_column.fill_(start)

@@ -9,13 +9,21 @@ graph runs ITERATIONS_PER_CALL iterations (a call costs ~0.15 ms outside its ker
 speculative drafts (many tokens per row) go through graphs of their own, dynamic in their length.
 
 At batch 1 on CPU, every projection is a matrix-vector product, bound by how fast the weights stream
-in. MKL's kernel, and inductor's own dot-product loop, read one weight row at a time and reach about
-half of what the cores can stream; `_matvec_in_row_groups` has inductor read four row blocks of each
-matrix side by side instead (1.5-2x faster core iterations).
+in; with a few rows (speculative verification) it is a tiny GEMM, which MKL runs far below the cores'
+throughput. On CPU the weights are therefore frozen into the graphs: inductor then packs each
+weight into blocks once and generates its own GEMM kernel for the exact shapes (1.4x the streaming
+rate of `_matvec_in_row_groups` at hidden 1024; 4x MKL for 5 rows at hidden 256). The cost is a
+packed copy of the weights per graph and per use in it, so frozen graphs run one iteration each,
+each model compiles its own graphs, and a change to the weights rebuilds them. Models too large
+for those copies keep their weights as graph inputs and the row-group matrix-vector lowering
+instead: MKL's kernel, and inductor's own dot-product loop, read one weight row at a time and reach
+about half of what the cores can stream; `_matvec_in_row_groups` reads four row blocks side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import types
 import weakref
@@ -32,6 +40,9 @@ from .cache import KVCache, StepSlots
 from .model import Context, RecurrentDepthLM
 
 OPTIONS = {"cpp_wrapper": True}  # kernels called from C++, not Python: ~10 us less per op on CPU
+# Weights as constants, GEMMs from inductor's C++ template ("CPP": no autotuning; ATen where it does not apply).
+FROZEN_OPTIONS = OPTIONS | {"freezing": True, "max_autotune_gemm": True, "max_autotune_gemm_backends": "CPP"}
+FROZEN_COPIES = 8  # packed copies of the weights that frozen graphs may hold (one per graph kind), within half the RAM
 MAX_GRAPHS = 1024  # graphs per piece (dynamo's default limit of 8 would fall back to eager silently)
 ITERATIONS_PER_CALL = 4  # core iterations per graph at a fixed depth (1 -> 4: ~15 % faster at hidden 256)
 _BUILT: weakref.WeakKeyDictionary[RecurrentDepthLM, CompiledSteps] = weakref.WeakKeyDictionary()
@@ -47,9 +58,24 @@ def compiled_steps(model: RecurrentDepthLM) -> CompiledSteps:
     if model.device.type == "cpu" and not has_cpp_compiler():
         raise RuntimeError("compile=True needs a C++ compiler for torch.compile on CPU (install g++), "
                            "or drop compile=True to decode eagerly")
-    if model not in _BUILT:
-        _BUILT[model] = CompiledSteps(model)
-    return _BUILT[model]
+    built = _BUILT.get(model)
+    if built is None or built.stale():
+        _BUILT[model] = built = CompiledSteps(model)
+    return built
+
+
+def _weights_state(model: RecurrentDepthLM) -> tuple:
+    """Where each weight lives and how often it was changed in place: what frozen graphs copied."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
+
+
+def _freezable(model: RecurrentDepthLM) -> bool:
+    """Freeze the weights into CPU graphs when FROZEN_COPIES packed copies fit in half the machine's RAM."""
+    if model.device.type != "cpu":
+        return False
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
+    return FROZEN_COPIES * weight_bytes <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
 ROW_GROUPS = 4  # weight streams read side by side in a matrix-vector product (2: 1.4x, 4: 1.7x, 8: no better)
@@ -71,6 +97,11 @@ def _backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
     """Inductor with the C++ wrapper and the row-group matrix-vector lowering."""
     decompositions = select_decomp_table() | {torch.ops.aten.mm.default: _matvec_in_row_groups}
     return compile_fx(graph, example_inputs, config_patches=OPTIONS, decompositions=decompositions)
+
+
+def _frozen_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+    """Inductor with the C++ wrapper, the weights frozen in and its own GEMM kernels."""
+    return compile_fx(graph, example_inputs, config_patches=FROZEN_OPTIONS)
 
 
 def _copy_of(function: Callable) -> Callable:
@@ -108,12 +139,23 @@ class CompiledSteps:
                        "coda": (c.n_prelude + c.n_core, c.n_coda)}
         self._caches: weakref.WeakSet[KVCache] = weakref.WeakSet()  # caches whose lengths are marked dynamic
         self._known: set[tuple] = set()  # kinds of call whose graph exists (see `_run`)
-        graphs = (_embed_graph, _core_graph, _decode_graph)
-        self._embed, self._core, self._decode = (torch.compile(f, backend=_backend, fullgraph=True) for f in graphs)
+        self.frozen = _freezable(model)
+        self._weights = _weights_state(model) if self.frozen else ()
+        self.iterations_per_call = 1 if self.frozen else ITERATIONS_PER_CALL
+        # Graphs with frozen weights are this model's alone: its own code objects, so its own dynamo caches.
+        graphs = tuple(map(_copy_of, (_embed_graph, _core_graph, _decode_graph))) if self.frozen else \
+            (_embed_graph, _core_graph, _decode_graph)
+        backend = _frozen_backend if self.frozen else _backend
+        self._embed, self._core, self._decode = (torch.compile(f, backend=backend, fullgraph=True) for f in graphs)
         # Many new tokens per row (prompts, speculative drafts): the same pieces as their own code objects,
         # since dynamo keeps one cache per code object and the one-token calls skip most guards.
-        self._many = {part: torch.compile(_copy_of(f), backend=_backend, fullgraph=True)
+        self._many = {part: torch.compile(_copy_of(f), backend=backend, fullgraph=True)
                       for part, f in zip(("prelude", "core", "coda"), graphs, strict=True)}
+
+    def stale(self) -> bool:
+        """Whether the model's weights changed (in place or replaced) since its graphs froze them."""
+        model = self._model()
+        return self.frozen and model is not None and _weights_state(model) != self._weights
 
     def embed(self, ids: Tensor, ctx: Context) -> Tensor:
         return self._run(self._embed, "prelude", ctx, range(1), ids)
@@ -122,9 +164,10 @@ class CompiledSteps:
         return self._run(self._core, "core", ctx, range(step, step + 1), x, e)
 
     def recur(self, x: Tensor, e: Tensor, ctx: Context, num_steps: int) -> Tensor:
-        """`num_steps` iterations (the model's `recur` without gradients), ITERATIONS_PER_CALL per graph."""
-        for start in range(0, num_steps, ITERATIONS_PER_CALL):
-            x = self._run(self._core, "core", ctx, range(start, min(start + ITERATIONS_PER_CALL, num_steps)), x, e)
+        """`num_steps` iterations (the model's `recur` without gradients), `iterations_per_call` per graph."""
+        per_call = self.iterations_per_call
+        for start in range(0, num_steps, per_call):
+            x = self._run(self._core, "core", ctx, range(start, min(start + per_call, num_steps)), x, e)
         return x
 
     def decode(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
@@ -144,7 +187,7 @@ class CompiledSteps:
                        for t in inputs)
         args = (self._model(), *inputs, ctx.rope, slots if part == "core" else slots[0])
         if inputs[0].shape[1] > 1:  # once per prompt or draft: guards are cheap next to the work
-            with torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS):
+            with self._tracing():
                 return self._many[part](*args)
         distinct = len({id(s.keys[0]) for s in slots})  # a KV ring shorter than the call hands a slot twice
         kind = (part, len(slots), distinct, *map(_tensor_kind, (*inputs, ctx.rope)), slots[0].active is None,
@@ -152,10 +195,18 @@ class CompiledSteps:
         if kind in self._known:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return graph(*args)
-        with torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS):
+        with self._tracing():
             out = graph(*args)
         self._known.add(kind)
         return out
+
+    def _tracing(self) -> contextlib.AbstractContextManager:
+        """Settings that dynamo reads while it traces: never refuse a graph for there being many; lift
+        the weights into the graph as constants when frozen."""
+        settings = contextlib.ExitStack()
+        settings.enter_context(torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS))
+        settings.enter_context(torch._inductor.config.patch(freezing=self.frozen))
+        return settings
 
     def _slots(self, ctx: Context, part: str, step: int) -> StepSlots:
         cache = ctx.cache

@@ -8,14 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentloop import load_model
+from latentloop import compiled, load_model
 from latentloop.cache import KVCache
-from latentloop.compiled import has_cpp_compiler
 from latentloop.exits import KL
 from latentloop.generate import Engine, generate
 from latentloop.tokenizer import load_tokenizer
 
-pytestmark = pytest.mark.skipif(not has_cpp_compiler(), reason="inductor needs a C++ compiler")
+pytestmark = pytest.mark.skipif(not compiled.has_cpp_compiler(), reason="inductor needs a C++ compiler")
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +39,15 @@ def test_compiled_steps_equal_eager_steps_in_a_padded_batch(models, num_steps, k
     torch.testing.assert_close(logits["compiled"], logits["eager"], atol=1e-4, rtol=1e-4)
 
 
-def test_compiled_greedy_matches_the_reference_generator(models, conformance_cases):
-    result = generate(models[1], conformance_cases["greedy_prompt"], num_steps=8, init_scale=0.0,
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "weights-as-inputs"])
+def test_compiled_greedy_matches_the_reference_generator(models, conformance_dir, conformance_cases, frozen,
+                                                         monkeypatch):
+    """Both ways of compiling: weights frozen into the graphs (CPU models that fit), and weights as graph
+    inputs with the row-group matrix-vector lowering (models too large for frozen copies)."""
+    model = models[1] if frozen else load_model(conformance_dir / "checkpoint")
+    monkeypatch.setattr(compiled, "FROZEN_COPIES", compiled.FROZEN_COPIES if frozen else 2**60)
+    assert compiled.compiled_steps(model).frozen is frozen
+    result = generate(model, conformance_cases["greedy_prompt"], num_steps=8, init_scale=0.0,
                       max_new_tokens=10, compile=True)
     assert result.tokens == conformance_cases["greedy_r8"].tolist()
 
@@ -69,10 +75,12 @@ def test_row_group_matvec_equals_the_matrix_product():
     assert _matvec_in_row_groups(row, weight[:-1].t()) is NotImplemented  # rows not divisible into groups
 
 
-def test_graphs_shared_by_models_of_one_shape_use_each_models_weights(models):
+def test_compiled_models_of_one_shape_use_each_models_current_weights(models):
+    """Two models of one shape, compiled in turn, each decode with their own weights; and a model whose
+    weights change in place afterwards decodes with the new ones (frozen graphs are rebuilt)."""
     from latentloop import RecurrentDepthLM
 
-    twin = RecurrentDepthLM(models[1].config)  # same shapes, so the same graphs; other weights
+    twin = RecurrentDepthLM(models[1].config)  # same shapes, other weights
     twin.init_weights(torch.Generator().manual_seed(1))
     options = dict(num_steps=4, init_scale=0.0, max_new_tokens=8, stop_ids=[])
     prompts = [[5, 6, 7, 8, 9, 10]]
@@ -80,6 +88,8 @@ def test_graphs_shared_by_models_of_one_shape_use_each_models_weights(models):
     assert expected[id(models[0])] != expected[id(twin)]
     for model, weights_of in ((models[1], models[0]), (twin, twin), (models[1], models[0]), (twin, twin)):
         assert generate(model, prompts, compile=True, **options).tokens == expected[id(weights_of)]
+    twin.load_state_dict(models[0].state_dict())  # copies in place: same tensors, new values
+    assert generate(twin, prompts, compile=True, **options).tokens == expected[id(models[0])]
 
 
 def test_compiled_speculation_on_the_bundled_model_matches_plain_greedy():

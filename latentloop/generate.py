@@ -375,7 +375,7 @@ def generate(model: RecurrentDepthLM, prompt: Prompt, tokenizer=None, **options)
     exit ('kl:5e-4', an `exits` criterion, or None), kv_budget (core iterations kept per layer),
     warm_start, stop (strings), stop_ids (default: the tokenizer's), draft_steps + lookahead
     (self-speculative decoding), attention_mask (for a padded tensor prompt), compile (torch.compile the
-    per-token pieces: a one-off compile of ~30-60 s per model, then 1.6-3.9x faster decoding on a 2-core CPU).
+    per-token pieces: a one-off compile of ~50-80 s per model, then 3.4-3.9x faster decoding on a 2-core CPU).
     """
     events = _events(model, prompt, tokenizer, options)
     while True:

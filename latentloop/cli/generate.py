@@ -47,7 +47,7 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
                    help="stop string (repeatable; \\n and \\t are read as newline and tab)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as stored")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the per-token pieces: a one-off ~30-60 s per model, then faster decoding")
+                   help="torch.compile the per-token pieces: a one-off ~50-80 s per model, then 3.4-3.9x faster")
 
 
 def generation_options(args: argparse.Namespace, default_steps: int) -> dict:

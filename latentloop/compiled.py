@@ -5,7 +5,7 @@ piece of the model is compiled once (inductor, C++ wrapper) for one new token pe
 reaches the graphs as `cache.StepSlots`, tensors only and dynamic in the length, so one graph serves
 every token and every iteration without recompiling. The pieces have the model's own signatures
 (`embed`, `core_step`, `recur`, `decode`), so `generate.Engine` calls either; at a fixed depth one
-graph runs ITERATIONS_PER_CALL iterations (a call costs ~0.15 ms outside its kernels). Prompts and
+graph runs `iterations_per_call` iterations (a call costs ~0.1-0.15 ms outside its kernels). Prompts and
 speculative drafts (many tokens per row) go through graphs of their own, dynamic in their length.
 
 At batch 1 on CPU, every projection is a matrix-vector product, bound by how fast the weights stream
@@ -27,7 +27,7 @@ import os
 import shutil
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -44,7 +44,7 @@ OPTIONS = {"cpp_wrapper": True}  # kernels called from C++, not Python: ~10 us l
 FROZEN_OPTIONS = OPTIONS | {"freezing": True, "max_autotune_gemm": True, "max_autotune_gemm_backends": "CPP"}
 FROZEN_COPIES = 8  # packed copies of the weights that frozen graphs may hold (one per graph kind), within half the RAM
 MAX_GRAPHS = 1024  # graphs per piece (dynamo's default limit of 8 would fall back to eager silently)
-ITERATIONS_PER_CALL = 4  # core iterations per graph at a fixed depth (1 -> 4: ~15 % faster at hidden 256)
+ITERATIONS_PER_CALL = 4  # core iterations per graph with weights as inputs (1 -> 4: ~15 % faster at hidden 256)
 _BUILT: weakref.WeakKeyDictionary[RecurrentDepthLM, CompiledSteps] = weakref.WeakKeyDictionary()
 
 
@@ -200,13 +200,12 @@ class CompiledSteps:
         self._known.add(kind)
         return out
 
-    def _tracing(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def _tracing(self) -> Iterator[None]:
         """Settings that dynamo reads while it traces: never refuse a graph for there being many; lift
         the weights into the graph as constants when frozen."""
-        settings = contextlib.ExitStack()
-        settings.enter_context(torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS))
-        settings.enter_context(torch._inductor.config.patch(freezing=self.frozen))
-        return settings
+        with torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS), torch._inductor.config.patch(freezing=self.frozen):
+            yield
 
     def _slots(self, ctx: Context, part: str, step: int) -> StepSlots:
         cache = ctx.cache

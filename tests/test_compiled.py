@@ -39,14 +39,19 @@ def test_compiled_steps_equal_eager_steps_in_a_padded_batch(models, num_steps, k
     torch.testing.assert_close(logits["compiled"], logits["eager"], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "weights-as-inputs"])
-def test_compiled_greedy_matches_the_reference_generator(models, conformance_dir, conformance_cases, frozen,
-                                                         monkeypatch):
-    """Both ways of compiling: weights frozen into the graphs (CPU models that fit), and weights as graph
-    inputs with the row-group matrix-vector lowering (models too large for frozen copies)."""
+def compiled_model(frozen: bool, models, conformance_dir, monkeypatch):
+    """The conformance model, compiled one of two ways: weights frozen into the graphs (CPU models that
+    fit), or weights as graph inputs with the row-group matrix-vector lowering (models too large)."""
     model = models[1] if frozen else load_model(conformance_dir / "checkpoint")
     monkeypatch.setattr(compiled, "FROZEN_COPIES", compiled.FROZEN_COPIES if frozen else 2**60)
     assert compiled.compiled_steps(model).frozen is frozen
+    return model
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "weights-as-inputs"])
+def test_compiled_greedy_matches_the_reference_generator(models, conformance_dir, conformance_cases, frozen,
+                                                         monkeypatch):
+    model = compiled_model(frozen, models, conformance_dir, monkeypatch)
     result = generate(model, conformance_cases["greedy_prompt"], num_steps=8, init_scale=0.0,
                       max_new_tokens=10, compile=True)
     assert result.tokens == conformance_cases["greedy_r8"].tolist()
@@ -75,19 +80,22 @@ def test_row_group_matvec_equals_the_matrix_product():
     assert _matvec_in_row_groups(row, weight[:-1].t()) is NotImplemented  # rows not divisible into groups
 
 
-def test_compiled_models_of_one_shape_use_each_models_current_weights(models):
-    """Two models of one shape, compiled in turn, each decode with their own weights; and a model whose
-    weights change in place afterwards decodes with the new ones (frozen graphs are rebuilt)."""
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "weights-as-inputs"])
+def test_compiled_models_of_one_shape_use_each_models_current_weights(models, conformance_dir, frozen, monkeypatch):
+    """Two models of one shape, compiled in turn, each decode with their own weights (graphs of their own
+    when frozen, shared graphs otherwise); and a model whose weights change in place afterwards decodes
+    with the new ones (frozen graphs are rebuilt)."""
     from latentloop import RecurrentDepthLM
 
+    model = compiled_model(frozen, models, conformance_dir, monkeypatch)
     twin = RecurrentDepthLM(models[1].config)  # same shapes, other weights
     twin.init_weights(torch.Generator().manual_seed(1))
     options = dict(num_steps=4, init_scale=0.0, max_new_tokens=8, stop_ids=[])
     prompts = [[5, 6, 7, 8, 9, 10]]
     expected = {id(m): generate(m, prompts, **options).tokens for m in (models[0], twin)}
     assert expected[id(models[0])] != expected[id(twin)]
-    for model, weights_of in ((models[1], models[0]), (twin, twin), (models[1], models[0]), (twin, twin)):
-        assert generate(model, prompts, compile=True, **options).tokens == expected[id(weights_of)]
+    for decoder, weights_of in ((model, models[0]), (twin, twin), (model, models[0]), (twin, twin)):
+        assert generate(decoder, prompts, compile=True, **options).tokens == expected[id(weights_of)]
     twin.load_state_dict(models[0].state_dict())  # copies in place: same tensors, new values
     assert generate(twin, prompts, compile=True, **options).tokens == expected[id(models[0])]
 

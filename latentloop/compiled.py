@@ -142,9 +142,9 @@ class CompiledSteps:
         self.frozen = _freezable(model)
         self._weights = _weights_state(model) if self.frozen else ()
         self.iterations_per_call = 1 if self.frozen else ITERATIONS_PER_CALL
-        # Graphs with frozen weights are this model's alone: its own code objects, so its own dynamo caches.
-        graphs = tuple(map(_copy_of, (_embed_graph, _core_graph, _decode_graph))) if self.frozen else \
-            (_embed_graph, _core_graph, _decode_graph)
+        graphs = (_embed_graph, _core_graph, _decode_graph)
+        if self.frozen:  # graphs with frozen weights are this model's alone: own code objects, own dynamo caches
+            graphs = tuple(map(_copy_of, graphs))
         backend = _frozen_backend if self.frozen else _backend
         self._embed, self._core, self._decode = (torch.compile(f, backend=backend, fullgraph=True) for f in graphs)
         # Many new tokens per row (prompts, speculative drafts): the same pieces as their own code objects,

@@ -121,12 +121,14 @@ class KVCache:
             values[:, :, start:end] = torch.where(keep, v, values[:, :, start:end])
         return F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=self._mask)
 
-    def commit(self, iterations: Tensor | int) -> None:
-        """Close the open columns; `iterations` [B] (or one int) is how many iterations each row ran."""
+    def commit(self, iterations: Tensor | int, provisional: bool = False) -> None:
+        """Close the open columns; `iterations` [B] (or one int) is how many iterations each row ran.
+        `provisional` columns (speculative drafts) are rewound before any token reads an iteration they
+        skipped, so those slots are left unfilled (the fill is the most expensive part of a draft)."""
         start, end = self.length, self._end
         counts = torch.as_tensor(iterations, device=self.valid.device).expand(self.valid.shape[0])
         self.iterations[:, start:end] = counts[:, None]
-        if isinstance(iterations, Tensor) or iterations < self.core_slots:
+        if not provisional and (isinstance(iterations, Tensor) or iterations < self.core_slots):
             self._fill_unwritten(start, end, counts)
         self.length = end
 

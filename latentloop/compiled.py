@@ -139,6 +139,7 @@ class CompiledSteps:
                        "coda": (c.n_prelude + c.n_core, c.n_coda)}
         self._caches: weakref.WeakSet[KVCache] = weakref.WeakSet()  # caches whose lengths are marked dynamic
         self._known: set[tuple] = set()  # kinds of call whose graph exists (see `_run`)
+        self._in_tracing = False
         self.frozen = _freezable(model)
         self._weights = _weights_state(model) if self.frozen else ()
         self.iterations_per_call = 1 if self.frozen else ITERATIONS_PER_CALL
@@ -166,8 +167,9 @@ class CompiledSteps:
     def recur(self, x: Tensor, e: Tensor, ctx: Context, num_steps: int) -> Tensor:
         """`num_steps` iterations (the model's `recur` without gradients), `iterations_per_call` per graph."""
         per_call = self.iterations_per_call
-        for start in range(0, num_steps, per_call):
-            x = self._run(self._core, "core", ctx, range(start, min(start + per_call, num_steps)), x, e)
+        with self._tracing() if x.shape[1] > 1 else contextlib.nullcontext():  # many tokens: set up once, not per call
+            for start in range(0, num_steps, per_call):
+                x = self._run(self._core, "core", ctx, range(start, min(start + per_call, num_steps)), x, e)
         return x
 
     def decode(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
@@ -203,9 +205,17 @@ class CompiledSteps:
     @contextlib.contextmanager
     def _tracing(self) -> Iterator[None]:
         """Settings that dynamo reads while it traces: never refuse a graph for there being many; lift
-        the weights into the graph as constants when frozen."""
-        with torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS), torch._inductor.config.patch(freezing=self.frozen):
+        the weights into the graph as constants when frozen. Setting them costs ~35 us, so nested uses
+        keep the outer one's."""
+        if self._in_tracing:
             yield
+            return
+        with torch._dynamo.config.patch(recompile_limit=MAX_GRAPHS), torch._inductor.config.patch(freezing=self.frozen):
+            self._in_tracing = True
+            try:
+                yield
+            finally:
+                self._in_tracing = False
 
     def _slots(self, ctx: Context, part: str, step: int) -> StepSlots:
         cache = ctx.cache

@@ -59,9 +59,10 @@ class Engine:
     @torch.inference_mode()
     def forward(
         self, ids: Tensor, num_steps: int, valid: Tensor | None = None, exit: ExitCriterion | None = None,
-        state: Tensor | None = None,
+        state: Tensor | None = None, provisional: bool = False,
     ) -> Forward:
-        """Append `ids` [B, S] to the cache; `state` [B, S, h] replaces the random initial latent."""
+        """Append `ids` [B, S] to the cache; `state` [B, S, h] replaces the random initial latent;
+        `provisional` tokens are rewound before others read them (see `KVCache.commit`)."""
         model, cache = self.model, self.cache
         run = self.compiled if self.compiled is not None else model
         positions = cache.begin(valid, ids.shape[1])
@@ -73,7 +74,7 @@ class Engine:
             logits, iterations = run.decode(x, ctx)[1], num_steps
         else:
             x, logits, iterations = self._adaptive(run, x, e, ctx, exit, num_steps)
-        cache.commit(iterations)
+        cache.commit(iterations, provisional=provisional)
         return Forward(logits, x, iterations)
 
     def _adaptive(
@@ -180,6 +181,13 @@ class GenerationResult:
         return self.new_tokens / self.total_seconds if self.total_seconds > 0 else float("inf")
 
     @property
+    def decode_tokens_per_second(self) -> float:
+        """New tokens per second after the prompt's forward (which gives each row its first token): the
+        steady rate, bound by streaming the weights once per token, where the prompt is bound by compute."""
+        seconds = self.total_seconds - self.prefill_seconds
+        return (self.new_tokens - len(self.tokens)) / seconds if seconds > 0 else float("inf")
+
+    @property
     def mean_iterations(self) -> float:
         counts = [n for row in self.iterations for n in row]
         return sum(counts) / len(counts) if counts else 0.0
@@ -192,6 +200,8 @@ class GenerationResult:
     def summary(self) -> str:
         line = (f"{self.new_tokens} tokens, {self.mean_iterations:.1f} iterations/token, "
                 f"{self.tokens_per_second:.1f} tokens/s")
+        if self.new_tokens > len(self.tokens):
+            line += f" ({self.decode_tokens_per_second:.1f} after the prompt)"
         if self.acceptance_rate is not None:
             line += f", {self.acceptance_rate:.0%} of drafts accepted"
         return line

@@ -40,7 +40,7 @@ def speculative_chunks(
         start = cache.length
         drafts = [token]
         for _ in range(lookahead):
-            drafts.append(engine.forward(drafts[-1][:, None], draft_steps).logits[:, -1].argmax(-1))
+            drafts.append(engine.forward(drafts[-1][:, None], draft_steps, provisional=True).logits[:, -1].argmax(-1))
         cache.rewind(start)
         proposal = torch.stack(drafts, dim=1)  # [B, lookahead + 1]: current token, then the drafts
         verified = engine.forward(proposal, num_steps).logits.argmax(-1)  # the verifier's next tokens

@@ -82,7 +82,7 @@ class DefinitionCache:
         mask = torch.ones(self.new, n, dtype=torch.bool).tril(n - self.new)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
-    def commit(self, iterations):
+    def commit(self, iterations, provisional=False):  # the definition keeps every iteration: nothing to fill
         self.computed += [int(iterations)] * self.new
         self.length += self.new
 
@@ -130,6 +130,21 @@ def test_budget_one_is_the_hand_checked_rule(model):
     core0 = model.config.n_prelude
     torch.testing.assert_close(reads[core0, 0], stored[1])  # iteration 0 reads token 0's LAST iteration
     assert not torch.allclose(stored[0], stored[1])
+
+
+def test_provisional_tokens_leave_skipped_iterations_unfilled(model):
+    """A token run at 2 of 4 iterations fills slots 2-3 with its iteration 1, unless it is provisional
+    (a speculative draft, rewound before anything reads those slots)."""
+    core0 = model.config.n_prelude
+    for provisional in (False, True):
+        engine = Engine(model, KVCache(model.config, 1, 4, 4), init_scale=0.0)
+        engine.forward(sequence(1, 7), 2, provisional=provisional)
+        last, skipped = (engine.cache.slot(core0, step)[0][:, :, 0] for step in (1, 3))
+        if provisional:
+            assert not skipped.any()
+        else:
+            torch.testing.assert_close(skipped, last)
+            assert last.any()
 
 
 def test_memory_is_reported_and_scales():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from latentloop import load_model
-from latentloop.generate import generate, prepare_prompt, stream
+from latentloop.generate import GenerationResult, generate, prepare_prompt, stream
 from latentloop.sampling import Sampler
 from latentloop.tokenizer import Tokenizer
 
@@ -88,6 +88,15 @@ def test_stop_ids_and_max_new_tokens(model):
     stopped = generate(model, [5, 6, 7], num_steps=4, init_scale=0.0, max_new_tokens=8, stop_ids=[full[3]])
     cut = full.index(full[3])
     assert stopped.tokens[0] == full[: cut + 1] and stopped.finish_reasons == ["stop"]
+
+
+def test_rates_count_the_prompt_forward_once():
+    result = GenerationResult(tokens=[[1, 2, 3], [4, 5, 6]], iterations=[[4] * 3] * 2, texts=None,
+                              finish_reasons=["length"] * 2, prompt_tokens=8, prefill_seconds=2.0,
+                              total_seconds=3.0, cache_bytes=0)
+    assert result.tokens_per_second == 2.0  # 6 tokens in 3 s
+    assert result.decode_tokens_per_second == 4.0  # 4 tokens after the prompt's forward, in 1 s
+    assert "2.0 tokens/s (4.0 after the prompt)" in result.summary()
 
 
 def test_text_stop_strings_and_streaming(tiny):

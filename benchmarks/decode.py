@@ -9,7 +9,7 @@ each timed run against the bandwidth measured just before and after it (on a sha
 bandwidth moves by half within minutes). Compare with the reference implementation's figures
 measured on this 2-core machine (`REFERENCE`).
 
-    python benchmarks/decode.py            # everything (~10 minutes on 2 cores)
+    python benchmarks/decode.py            # everything (~15 minutes on 2 cores)
     python benchmarks/decode.py --quick    # a short subset
     python benchmarks/decode.py --repeat 5  # best of 5 timed runs per case (default 3)
     python benchmarks/decode.py --threads 1  # one thread: steadier when other jobs share the cores
@@ -190,11 +190,11 @@ def main() -> None:
                "variant": name} | run_case(model, prompt, steps, new_tokens, args.repeat, bound=batch == 1, **options)
         tokens = row.pop("_tokens")
         key = (hidden, dtype, batch, steps)
+        ref = REFERENCE.get(f"h{hidden}_r{steps}") if dtype == torch.float32 and batch == 1 else None
+        if ref and name in ("full", "compiled"):
+            row["speedup_vs_reference"] = round(row["tokens_per_s"] / ref, 2)
         if name == "full":
             plain_tokens[key] = tokens
-            ref = REFERENCE.get(f"h{hidden}_r{steps}") if dtype == torch.float32 and batch == 1 else None
-            if ref:
-                row["speedup_vs_reference"] = round(row["tokens_per_s"] / ref, 2)
         elif key in plain_tokens:
             full = next(r for r in report["results"] if r["variant"] == "full" and
                         (r["hidden"], r["dtype"], r["batch"], r["num_steps"]) == (hidden, row["dtype"], batch, steps))

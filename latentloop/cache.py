@@ -124,7 +124,7 @@ class KVCache:
     def commit(self, iterations: Tensor | int, provisional: bool = False) -> None:
         """Close the open columns; `iterations` [B] (or one int) is how many iterations each row ran.
         `provisional` columns (speculative drafts) are rewound before any token reads an iteration they
-        skipped, so those slots are left unfilled (the fill is the most expensive part of a draft)."""
+        skipped, so those slots are left unfilled (the fill costs about what the draft's own forward does)."""
         start, end = self.length, self._end
         counts = torch.as_tensor(iterations, device=self.valid.device).expand(self.valid.shape[0])
         self.iterations[:, start:end] = counts[:, None]

@@ -21,7 +21,7 @@ def evaluate_chain(text: str) -> int:
     return value
 
 
-def evaluate_circuit(prompt: str) -> tuple[list[int], list[int]]:
+def evaluate_circuit(prompt: str, modulus: int = 10) -> tuple[list[int], list[int]]:
     """Independent evaluation of a circuit prompt such as '0703120=': each item's value and depth."""
     values, depths = [], []
     for i in range(0, len(prompt) - 1, 2):
@@ -31,7 +31,7 @@ def evaluate_circuit(prompt: str) -> tuple[list[int], list[int]]:
             values.append(y)
             depths.append(0)
         else:
-            values.append((values[here - x] + values[here - y]) % 10)
+            values.append((values[here - x] + values[here - y]) % modulus)
             depths.append(1 + max(depths[here - x], depths[here - y]))
     return values, depths
 
@@ -86,17 +86,19 @@ def test_mixed_lengths_put_one_longer_chain_inside_a_training_length():
         ModChain(train_ops=(1, 12), test_ops=(13, 24), chains=2, mixed_lengths=True)
 
 
-def test_circuit_answers_depths_and_one_length():
-    task = Circuit(inputs=4, gates=20, train_depth=(4, 8), test_depth=(12, 20), partial_labels=True)
+@pytest.mark.parametrize("modulus", [10, 3])
+def test_circuit_answers_depths_and_one_length(modulus):
+    task = Circuit(inputs=4, gates=20, train_depth=(4, 8), test_depth=(12, 20), partial_labels=True, modulus=modulus)
     problems = task.problems("train", 300) + task.problems("test", 100)
+    assert {int(p.answer) for p in problems} == set(range(modulus))
     for p in problems:
-        values, depths = evaluate_circuit(p.prompt)
+        values, depths = evaluate_circuit(p.prompt, modulus)
         assert p.answer == str(values[-1]) and depths[-1] == p.difficulty  # the last gate is the deepest
         assert len(p.prompt) == 2 * 24 + 1 and p.prompt.endswith("=")  # every problem has the same length
         assert depths == sorted(depths) and max(b - a for a, b in zip(depths, depths[1:], strict=False)) <= 1
     assert {p.difficulty for p in problems} == set(range(4, 9)) | set(range(12, 21))
     ids, labels = task.encode(problems[:1], partial_labels=True)
-    values, _ = evaluate_circuit(problems[0].prompt)
+    values, _ = evaluate_circuit(problems[0].prompt, modulus)
     prompt = problems[0].prompt
     for item, value in enumerate(values):  # each item's value at its second character ...
         assert task.tokenizer.decode([int(labels[0, 2 + 2 * item])]) == str(value)
@@ -107,6 +109,8 @@ def test_circuit_answers_depths_and_one_length():
         Circuit(gates=20, train_depth=(2, 8), test_depth=(12, 20))
     with pytest.raises(ValueError, match="inputs must be >= 2"):
         Circuit(inputs=1)
+    with pytest.raises(ValueError, match="modulus must be 2-10"):
+        Circuit(modulus=11)
 
 
 def test_addition_answers_and_carry_chains():

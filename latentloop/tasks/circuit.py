@@ -5,6 +5,10 @@ the sum, modulo 10, of the items x and y places before it. The answer is the val
 
     0703120=0      inputs 7 and 3; gate `12` = 3 + 7 = 0; the last item is that gate
 
+`modulus=2` makes every value a bit and every gate an XOR: two inputs to combine in four ways instead
+of a hundred, and still no gate that one input settles on its own (as a 0 settles an AND), which
+would let an evaluation finish before it has gone through every level.
+
 Difficulty is the depth of the last gate: the longest path of gates from an input to it. Each gate
 reads two others, so its value cannot be rewritten as one composed map of a single earlier value (as
 a chain of operations can, which a network then evaluates in logarithmic depth): the work is level
@@ -36,7 +40,9 @@ class Circuit(ReasoningTask):
     alphabet = "0123456789="
 
     def __init__(self, inputs: int = 4, gates: int = 44, train_depth: tuple[int, int] = (7, 14),
-                 test_depth: tuple[int, int] = (33, 44), partial_labels: bool = False) -> None:
+                 test_depth: tuple[int, int] = (33, 44), partial_labels: bool = False, modulus: int = 10) -> None:
+        if not 2 <= modulus <= 10:
+            raise ValueError(f"modulus must be 2-10 (values are written as one digit), got {modulus}")
         if inputs < 2:
             raise ValueError(f"a gate reads two earlier items: inputs must be >= 2, got {inputs}")
         shallowest = math.ceil(gates / (MAX_OFFSET - 1))  # wider levels would put a gate's two inputs out of reach
@@ -45,10 +51,10 @@ class Circuit(ReasoningTask):
                 raise ValueError(f"{label} ({lo}, {hi}) must lie within {shallowest}-{gates} for {gates} gates (a "
                                  f"gate reads at most {MAX_OFFSET} items back; a path has at most one gate per item)")
         super().__init__(tuple(train_depth), tuple(test_depth), partial_labels)
-        self.inputs, self.gates = inputs, gates
+        self.inputs, self.gates, self.modulus = inputs, gates, modulus
 
     def sample(self, rng: np.random.Generator, difficulty: int) -> Problem:
-        values = [int(v) for v in rng.integers(10, size=self.inputs)]
+        values = [int(v) for v in rng.integers(self.modulus, size=self.inputs)]
         depths = [0] * self.inputs
         text = [f"0{v}" for v in values]
         partials = [part for v in values for part in ("", str(v))]
@@ -63,7 +69,7 @@ class Circuit(ReasoningTask):
             y = others[int(rng.integers(len(others)))]
             if rng.integers(2):
                 x, y = y, x
-            values.append((values[here - x] + values[here - y]) % 10)
+            values.append((values[here - x] + values[here - y]) % self.modulus)
             depths.append(level)
             text.append(f"{x}{y}")
             partials += [str(values[here - x]), str(values[-1])]

@@ -31,7 +31,7 @@ def evaluate_circuit(prompt: str, modulus: int = 10) -> tuple[list[int], list[in
             values.append(y)
             depths.append(0)
         else:
-            values.append((values[here - x] + values[here - y]) % modulus)
+            values.append(values[here - x] if x == y else (values[here - x] + values[here - y]) % modulus)  # xx: copy
             depths.append(1 + max(depths[here - x], depths[here - y]))
     return values, depths
 
@@ -86,11 +86,13 @@ def test_mixed_lengths_put_one_longer_chain_inside_a_training_length():
         ModChain(train_ops=(1, 12), test_ops=(13, 24), chains=2, mixed_lengths=True)
 
 
-@pytest.mark.parametrize("modulus", [10, 3])
-def test_circuit_answers_depths_and_one_length(modulus):
-    task = Circuit(inputs=4, gates=20, train_depth=(4, 8), test_depth=(12, 20), partial_labels=True, modulus=modulus)
+@pytest.mark.parametrize(("modulus", "fan_in"), [(10, 2), (3, 2), (10, 1)])
+def test_circuit_answers_depths_and_one_length(modulus, fan_in):
+    task = Circuit(inputs=4, gates=20, train_depth=(4, 8), test_depth=(12, 20), partial_labels=True, modulus=modulus,
+                   fan_in=fan_in)
     problems = task.problems("train", 300) + task.problems("test", 100)
     assert {int(p.answer) for p in problems} == set(range(modulus))
+    assert all((p.prompt[i] == p.prompt[i + 1]) == (fan_in == 1) for p in problems for i in range(8, 48, 2))
     for p in problems:
         values, depths = evaluate_circuit(p.prompt, modulus)
         assert p.answer == str(values[-1]) and depths[-1] == p.difficulty  # the last gate is the deepest
@@ -111,6 +113,8 @@ def test_circuit_answers_depths_and_one_length(modulus):
         Circuit(inputs=1)
     with pytest.raises(ValueError, match="modulus must be 2-10"):
         Circuit(modulus=11)
+    with pytest.raises(ValueError, match="fan_in must be 1"):
+        Circuit(fan_in=3)
 
 
 def test_addition_answers_and_carry_chains():

@@ -9,6 +9,10 @@ the sum, modulo 10, of the items x and y places before it. The answer is the val
 of a hundred, and still no gate that one input settles on its own (as a 0 settles an AND), which
 would let an evaluation finish before it has gone through every level.
 
+`fan_in=1` makes every gate a copy, written `xx`: the item x places back, unchanged. The answer is
+then the input at the root of a chain of pointers, and one iteration can follow one pointer of it by
+repeating the same lookup, whatever value it carries.
+
 Difficulty is the depth of the last gate: the longest path of gates from an input to it. Each gate
 reads two others, so its value cannot be rewritten as one composed map of a single earlier value (as
 a chain of operations can, which a network then evaluates in logarithmic depth): the work is level
@@ -40,7 +44,10 @@ class Circuit(ReasoningTask):
     alphabet = "0123456789="
 
     def __init__(self, inputs: int = 4, gates: int = 44, train_depth: tuple[int, int] = (7, 14),
-                 test_depth: tuple[int, int] = (33, 44), partial_labels: bool = False, modulus: int = 10) -> None:
+                 test_depth: tuple[int, int] = (33, 44), partial_labels: bool = False, modulus: int = 10,
+                 fan_in: int = 2) -> None:
+        if fan_in not in (1, 2):
+            raise ValueError(f"fan_in must be 1 (copies) or 2 (sums), got {fan_in}")
         if not 2 <= modulus <= 10:
             raise ValueError(f"modulus must be 2-10 (values are written as one digit), got {modulus}")
         if inputs < 2:
@@ -51,7 +58,7 @@ class Circuit(ReasoningTask):
                 raise ValueError(f"{label} ({lo}, {hi}) must lie within {shallowest}-{gates} for {gates} gates (a "
                                  f"gate reads at most {MAX_OFFSET} items back; a path has at most one gate per item)")
         super().__init__(tuple(train_depth), tuple(test_depth), partial_labels)
-        self.inputs, self.gates, self.modulus = inputs, gates, modulus
+        self.inputs, self.gates, self.modulus, self.fan_in = inputs, gates, modulus, fan_in
 
     def sample(self, rng: np.random.Generator, difficulty: int) -> Problem:
         values = [int(v) for v in rng.integers(self.modulus, size=self.inputs)]
@@ -65,11 +72,15 @@ class Circuit(ReasoningTask):
             feeds = [d for d in back if depths[here - d] == level - 1]  # one input from the level below ...
             lower = [d for d in back if depths[here - d] <= level - 1]  # ... the other from any level below
             x = feeds[int(rng.integers(len(feeds)))]
-            others = [d for d in lower if d != x]
-            y = others[int(rng.integers(len(others)))]
-            if rng.integers(2):
-                x, y = y, x
-            values.append((values[here - x] + values[here - y]) % self.modulus)
+            if self.fan_in == 1:
+                values.append(values[here - x])
+                y = x
+            else:
+                others = [d for d in lower if d != x]
+                y = others[int(rng.integers(len(others)))]
+                if rng.integers(2):
+                    x, y = y, x
+                values.append((values[here - x] + values[here - y]) % self.modulus)
             depths.append(level)
             text.append(f"{x}{y}")
             partials += [str(values[here - x]), str(values[-1])]

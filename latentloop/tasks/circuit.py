@@ -5,9 +5,10 @@ the sum, modulo 10, of the items x and y places before it. The answer is the val
 
     0703120=0      inputs 7 and 3; gate `12` = 3 + 7 = 0; the last item is that gate
 
-`modulus=2` makes every value a bit and every gate an XOR: two inputs to combine in four ways instead
-of a hundred, and still no gate that one input settles on its own (as a 0 settles an AND), which
-would let an evaluation finish before it has gone through every level.
+`modulus` sets the values' range: sums modulo 3 combine two inputs in 9 ways instead of 100, and
+still no gate is settled by one input alone (as a 0 settles an AND), which would let an evaluation
+finish before it has gone through every level. Moduli with a factor 2 leave the answers lopsided
+(modulo 2: 65-70 % zeros), since a gate's two inputs often share ancestors whose contributions cancel.
 
 `fan_in=1` makes every gate a copy, written `xx`: the item x places back, unchanged. The answer is
 then the input at the root of a chain of pointers, and one iteration can follow one pointer of it by
@@ -70,13 +71,12 @@ class Circuit(ReasoningTask):
             here = len(values)
             back = range(1, min(MAX_OFFSET, here) + 1)
             feeds = [d for d in back if depths[here - d] == level - 1]  # one input from the level below ...
-            lower = [d for d in back if depths[here - d] <= level - 1]  # ... the other from any level below
             x = feeds[int(rng.integers(len(feeds)))]
             if self.fan_in == 1:
                 values.append(values[here - x])
                 y = x
-            else:
-                others = [d for d in lower if d != x]
+            else:  # ... the other from any level below
+                others = [d for d in back if depths[here - d] <= level - 1 and d != x]
                 y = others[int(rng.integers(len(others)))]
                 if rng.integers(2):
                     x, y = y, x

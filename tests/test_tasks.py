@@ -11,6 +11,7 @@ from latentloop.tasks.addition import Addition
 from latentloop.tasks.base import IGNORE
 from latentloop.tasks.circuit import Circuit
 from latentloop.tasks.modchain import ModChain
+from latentloop.tasks.pointers import Pointers
 
 
 def evaluate_chain(text: str) -> int:
@@ -34,6 +35,22 @@ def evaluate_circuit(prompt: str, modulus: int = 10) -> tuple[list[int], list[in
             values.append(values[here - x] if x == y else (values[here - x] + values[here - y]) % modulus)  # xx: copy
             depths.append(1 + max(depths[here - x], depths[here - y]))
     return values, depths
+
+
+def follow_pointers(prompt: str) -> tuple[list[int], list[int], list[int]]:
+    """Independent evaluation of a pointers prompt such as '7a3b=': each item's value, depth and root."""
+    values, depths, roots = [], [], []
+    for here, char in enumerate(prompt.rstrip("=")):
+        if char.isdigit():
+            values.append(int(char))
+            depths.append(0)
+            roots.append(here)
+        else:
+            target = here - (ord(char) - ord("a") + 1)
+            values.append(values[target])
+            depths.append(depths[target] + 1)
+            roots.append(roots[target])
+    return values, depths, roots
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -115,6 +132,57 @@ def test_circuit_answers_depths_and_one_length(modulus, fan_in):
         Circuit(modulus=11)
     with pytest.raises(ValueError, match="fan_in must be 1"):
         Circuit(fan_in=3)
+
+
+def test_circuit_levels_are_the_gate_depths():
+    task = Circuit(partial_labels=True)
+    prompt = task.problems("test", 1)[0].prompt
+    _, depths = evaluate_circuit(prompt)
+    assert task.levels(prompt) == [*(level for d in depths for level in (None, d)), None]
+
+
+def test_pointers_answers_depths_and_one_length():
+    task = Pointers(items=48, train_depth=(4, 8), test_depth=(16, 22), main_gap=2, partial_labels=True)
+    train, test = task.problems("train", 300), task.problems("test", 200)
+    assert task.problems("test", 3, seed=5) == task.problems("test", 3, seed=5)
+    for p in train + test:
+        values, depths, _ = follow_pointers(p.prompt)
+        assert 2 * p.difficulty + 1 <= len(p.prompt) - 1 <= 48 and p.answer == str(values[-1]) and depths[-1] == p.difficulty
+        assert task.levels(p.prompt) == [*depths, None]
+        chain = [len(values) - 1]  # the main chain's gaps stay within main_gap
+        while not p.prompt[chain[-1]].isdigit():
+            chain.append(chain[-1] - (ord(p.prompt[chain[-1]]) - ord("a") + 1))
+        assert max(a - b for a, b in zip(chain, chain[1:], strict=False)) <= 2
+    assert {int(p.answer) for p in test} == set(range(10))
+    assert {p.difficulty for p in train + test} == set(range(4, 9)) | set(range(16, 23))
+    assert len({len(p.prompt) for p in train}) > 20  # rows of many lengths
+    ids, labels = task.encode(train[:1], partial_labels=True)  # every item's value at the item
+    values, _, _ = follow_pointers(train[0].prompt)
+    assert [task.tokenizer.decode([int(t)]) for t in labels[0, 1 : len(values) + 1]] == [str(v) for v in values]
+    with pytest.raises(ValueError, match="main_gap must be 1-9"):
+        Pointers(main_gap=10)
+    with pytest.raises(ValueError, match="raise items to at least 89"):
+        Pointers(items=60, test_depth=(36, 44))
+    with pytest.raises(ValueError, match="raise items to at least 89 or lower main_gap"):
+        Pointers(items=80, test_depth=(36, 44), main_gap=2)
+
+
+def test_pointers_leave_no_layout_shortcut():
+    """The root is rarely the first or the latest input, and in training the distractor chains run
+    deeper than the main one (so a chain's length does not mark it)."""
+    task = Pointers()
+    for split in ("train", "test"):
+        first = latest = 0
+        distractor_depths = []
+        for p in task.problems(split, 200):
+            _, depths, roots = follow_pointers(p.prompt)
+            inputs = [i for i, c in enumerate(p.prompt) if c.isdigit()]
+            first += roots[-1] == inputs[0]
+            latest += roots[-1] == inputs[-1]
+            distractor_depths.append(max(d for d, r in zip(depths, roots, strict=True) if r != roots[-1]))
+        assert first / 200 < 0.1 and latest / 200 < 0.4, (split, first, latest)
+        if split == "train":
+            assert np.mean(distractor_depths) > task.train_difficulty[1]
 
 
 def test_addition_answers_and_carry_chains():

@@ -13,8 +13,10 @@ from .addition import Addition
 from .base import Problem, ReasoningTask, exact_match, teacher_forced_correct
 from .circuit import Circuit
 from .modchain import ModChain
+from .pointers import Pointers
 
-TASKS: dict[str, type[ReasoningTask]] = {"addition": Addition, "circuit": Circuit, "modchain": ModChain}
+TASKS: dict[str, type[ReasoningTask]] = {"addition": Addition, "circuit": Circuit, "modchain": ModChain,
+                                       "pointers": Pointers}
 
 
 def get_task(name: str, **task_args) -> ReasoningTask:
@@ -43,5 +45,5 @@ def task_from_dir(directory: str | Path) -> ReasoningTask:
     return get_task(spec["name"], **spec.get("args", {}))
 
 
-__all__ = ["TASKS", "TASK_FILE", "Addition", "Circuit", "ModChain", "Problem", "ReasoningTask", "exact_match",
+__all__ = ["TASKS", "TASK_FILE", "Addition", "Circuit", "ModChain", "Pointers", "Problem", "ReasoningTask", "exact_match",
            "get_task", "task_from_dir", "teacher_forced_correct"]

@@ -61,6 +61,11 @@ class ReasoningTask(ABC):
     @abstractmethod
     def sample(self, rng: np.random.Generator, difficulty: int) -> Problem: ...
 
+    def levels(self, prompt: str) -> list[int | None]:
+        """Per prompt character, how deep the sub-problem its partial label closes lies (None where
+        there is no label): what `benchmarks/levels.py` groups a model's partial answers by."""
+        raise NotImplementedError(f"task {self.name!r} does not say how deep its partial problems lie")
+
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size

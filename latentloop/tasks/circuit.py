@@ -61,6 +61,16 @@ class Circuit(ReasoningTask):
         super().__init__(tuple(train_depth), tuple(test_depth), partial_labels)
         self.inputs, self.gates, self.modulus, self.fan_in = inputs, gates, modulus, fan_in
 
+    def levels(self, prompt: str) -> list[int | None]:
+        """A gate's level at its second character (its value's label); None at the first (whose label,
+        the first input's value, belongs to the level below)."""
+        depths: list[int] = []
+        for i in range(0, len(prompt) - 1, 2):
+            x, y = int(prompt[i]), int(prompt[i + 1])
+            here = len(depths)
+            depths.append(0 if x == 0 else 1 + max(depths[here - x], depths[here - y]))
+        return [*(level for depth in depths for level in (None, depth)), None]
+
     def sample(self, rng: np.random.Generator, difficulty: int) -> Problem:
         values = [int(v) for v in rng.integers(self.modulus, size=self.inputs)]
         depths = [0] * self.inputs

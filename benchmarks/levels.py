@@ -1,12 +1,13 @@
-"""Which levels of a circuit a model has computed after each number of iterations; prints JSON.
+"""How deep a model's computation reaches after each number of iterations; prints JSON.
 
-A circuit model trained with partial labels predicts every item's value at the item's second
-character. Grouping those predictions by the gate's level (its depth in the circuit) shows how the
-computation advances with iterations: a model that works level by level gets level l right from
-about l iterations on, and the deepest level it reaches grows with the iterations it is given.
+A model trained with partial labels predicts, at every position that closes a sub-problem, that
+sub-problem's answer (a circuit's gate values, the value each pointer holds). Grouping those
+predictions by how deep the sub-problem lies (`task.levels`) shows how the computation advances with
+iterations: a model that works level by level gets level l right from about l iterations on, and the
+deepest level it reaches grows with the iterations it is given.
 
-    python benchmarks/circuit_levels.py                            # the bundled default model
-    python benchmarks/circuit_levels.py --model runs/circuit/model --split validation --count 500
+    python benchmarks/levels.py                                     # the bundled default model
+    python benchmarks/levels.py --model runs/pointers/model --split validation --count 500
 """
 
 from __future__ import annotations
@@ -21,26 +22,14 @@ from latentloop import load_model
 from latentloop.tasks import task_from_dir
 
 
-def gate_levels(prompt: str) -> list[int]:
-    """The level of every item of a circuit prompt (inputs 0), read from the prompt itself."""
-    levels: list[int] = []
-    for i in range(0, len(prompt) - 1, 2):
-        x, y = int(prompt[i]), int(prompt[i + 1])
-        here = len(levels)
-        levels.append(0 if x == 0 else 1 + max(levels[here - x], levels[here - y]))
-    return levels
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--split", default="test", help="test = deeper circuits than training's")
+    parser.add_argument("--split", default="test", help="test = harder problems than training's")
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--depths", default="1,2,4,8,16,32,64")
     args = parser.parse_args()
     model, task = load_model(args.model).eval(), task_from_dir(args.model)
-    if task.name != "circuit":
-        raise SystemExit(f"{args.model} was trained on {task.name!r}, not on circuits")
     problems = task.problems(args.split, args.count, seed=3)
     ids, labels = task.encode(problems, partial_labels=True)
     depths = [int(d) for d in args.depths.split(",")]
@@ -51,10 +40,10 @@ def main() -> None:
         hit = out.logits.argmax(-1) == labels
         right, seen = defaultdict(int), defaultdict(int)
         for i, p in enumerate(problems):
-            for item, level in enumerate(gate_levels(p.prompt)):
-                position = 2 + 2 * item  # the item's second character predicts its value
-                right[level] += int(hit[i, position])
-                seen[level] += 1
+            for char, level in enumerate(task.levels(p.prompt)):
+                if level is not None:
+                    right[level] += int(hit[i, 1 + char])  # prompt character j sits at position 1 + j
+                    seen[level] += 1
         accuracy = {level: round(right[level] / seen[level], 3) for level in sorted(seen)}
         reached = [level for level in accuracy if all(accuracy[lv] >= 0.9 for lv in accuracy if lv <= level)]
         report["iterations"][depth] = {"deepest_level_at_90pct": max(reached, default=-1),

@@ -147,7 +147,8 @@ def test_pointers_answers_depths_and_one_length():
     assert task.problems("test", 3, seed=5) == task.problems("test", 3, seed=5)
     for p in train + test:
         values, depths, _ = follow_pointers(p.prompt)
-        assert 2 * p.difficulty + 1 <= len(p.prompt) - 1 <= 48 and p.answer == str(values[-1]) and depths[-1] == p.difficulty
+        assert 2 * p.difficulty + 1 <= len(p.prompt) - 1 <= 48
+        assert p.answer == str(values[-1]) and depths[-1] == p.difficulty
         assert task.levels(p.prompt) == [*depths, None]
         chain = [len(values) - 1]  # the main chain's gaps stay within main_gap
         while not p.prompt[chain[-1]].isdigit():

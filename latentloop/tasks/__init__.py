@@ -45,5 +45,5 @@ def task_from_dir(directory: str | Path) -> ReasoningTask:
     return get_task(spec["name"], **spec.get("args", {}))
 
 
-__all__ = ["TASKS", "TASK_FILE", "Addition", "Circuit", "ModChain", "Pointers", "Problem", "ReasoningTask", "exact_match",
-           "get_task", "task_from_dir", "teacher_forced_correct"]
+__all__ = ["TASKS", "TASK_FILE", "Addition", "Circuit", "ModChain", "Pointers", "Problem", "ReasoningTask",
+           "exact_match", "get_task", "task_from_dir", "teacher_forced_correct"]

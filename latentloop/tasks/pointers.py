@@ -7,15 +7,13 @@ of the last item:
     7a3b=7      7 is an input; `a` copies it; 3 is an input; `b` copies the `a` two places back
 
 Difficulty is the depth of the last item: the number of pointers followed from it to its root. The
-chain it ends is woven through distractor chains (their own roots, pointers and lengths), every
-pointer of the main chain reaches 1 to `main_gap` places back, and every problem has the same number
-of items whatever its depth, so a chain's density, layout and position in the row say nothing about
-its root: the only way to the answer is to follow it. A row holds 2 x depth + 1 to `items` items
-(drawn uniformly), so the deep chains of the harder split sit in rows as long as training's longest:
-what is tested is following further, at positions training saw. One hop is one attention lookup, and the same
-lookup at every step: a recurrent core of one layer can follow one pointer per iteration, so a chain
-of depth d needs about d iterations, and a harder problem (a longer chain, at positions training saw)
-needs more of them, which is what the harder split tests.
+chain it ends is woven through distractor chains (their own roots and lengths), and every pointer of
+the row, on any chain, reaches 1 to `reach` places back, so no letter marks the chain that matters
+and its root is no fixed input (first, latest): the way to the answer is to follow the pointers. A
+row holds 2 x depth + 1 to `items` items (drawn uniformly), so the deep chains of the harder split
+sit in rows no longer than training's longest: what is tested is following further, at positions
+training saw. One hop is one attention lookup, the same at every step: a recurrent core of one layer
+can follow one pointer per iteration, so a chain of depth d needs about d iterations.
 
 With `partial_labels`, every item's value is also supervised at the item (nothing added to the
 text): each lookup is then learned on its own, shallow items first.
@@ -36,19 +34,19 @@ class Pointers(ReasoningTask):
     alphabet = "0123456789" + POINTERS + "="
 
     def __init__(self, items: int = 96, train_depth: tuple[int, int] = (6, 14),
-                 test_depth: tuple[int, int] = (36, 44), main_gap: int = 3, distractors: int = 2,
+                 test_depth: tuple[int, int] = (36, 44), reach: int = 3, distractors: int = 2,
                  partial_labels: bool = False) -> None:
-        if not 1 <= main_gap <= len(POINTERS):
-            raise ValueError(f"main_gap must be 1-{len(POINTERS)} (a pointer is one letter), got {main_gap}")
+        if not 1 <= reach <= len(POINTERS):
+            raise ValueError(f"reach must be 1-{len(POINTERS)} (a pointer is one letter), got {reach}")
         if distractors < 0:
             raise ValueError(f"distractors must be >= 0, got {distractors}")
         deepest = max(train_depth[1], test_depth[1])
-        if 2 * deepest + 1 > items or deepest * (main_gap + 1) / 2 >= items:
-            raise ValueError(f"a chain of depth {deepest} with gaps of 1-{main_gap} needs more than {items} items: "
-                             f"raise items to at least {max(2 * deepest + 1, deepest * (main_gap + 1) // 2 + 1)} "
-                             "or lower main_gap")
+        if 2 * deepest + 1 > items or deepest * (reach + 1) / 2 >= items:
+            raise ValueError(f"a chain of depth {deepest} with gaps of 1-{reach} needs more than {items} items: "
+                             f"raise items to at least {max(2 * deepest + 1, deepest * (reach + 1) // 2 + 1)} "
+                             "or lower reach")
         super().__init__(tuple(train_depth), tuple(test_depth), partial_labels)
-        self.items, self.main_gap, self.distractors = items, main_gap, distractors
+        self.items, self.reach, self.distractors = items, reach, distractors
 
     def levels(self, prompt: str) -> list[int | None]:
         """How many pointers lead from each item to its root (inputs 0), read from the prompt itself."""
@@ -58,10 +56,10 @@ class Pointers(ReasoningTask):
         return [*depths, None]
 
     def main_chain(self, rng: np.random.Generator, depth: int, items: int) -> list[int]:
-        """Positions of the chain that ends at the last item, root first: gaps of 1-`main_gap`,
+        """Positions of the chain that ends at the last item, root first: gaps of 1-`reach`,
         drawn alike for every depth (redrawn when the chain would not fit in the row)."""
         while True:
-            gaps = rng.integers(1, self.main_gap + 1, size=depth)
+            gaps = rng.integers(1, self.reach + 1, size=depth)
             if gaps.sum() < items:
                 break
         last = items - 1
@@ -75,7 +73,7 @@ class Pointers(ReasoningTask):
         values: list[int] = []
         tails: list[int] = []  # the last item of each distractor chain
         for here in range(items):
-            tails = [t for t in tails if here - t <= len(POINTERS)]  # chains out of reach have ended
+            tails = [t for t in tails if here - t <= self.reach]  # chains out of reach have ended
             if here in on_chain and here != chain[0]:
                 target = chain[chain.index(here) - 1]
             elif here not in on_chain and tails and rng.random() >= (0.5 if len(tails) < self.distractors else RESTART):

@@ -5,7 +5,6 @@ predictions (one teacher-forced pass per depth, zero initial state) tells apart 
 answer on the harder split: the computation along the chain stops short (more depth could help), or
 the chain is computed but the answer does not read it out (depth cannot help).
 
-    python benchmarks/modchain_reach.py                      # the bundled default model
     python benchmarks/modchain_reach.py --model runs/reasoning-mixed/model --count 500
 """
 
@@ -30,12 +29,14 @@ def longest_chain(prompt: str) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default")
+    parser.add_argument("--model", required=True, help="a modchain model (recipes/reasoning*.toml)")
     parser.add_argument("--split", default="test", help="test = the harder-than-training split")
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--depths", default="4,8,16,32,64")
     args = parser.parse_args()
     model, task = load_model(args.model).eval(), task_from_dir(args.model)
+    if task.name != "modchain":
+        raise SystemExit(f"{args.model} was trained on {task.name!r}, not on modchain")
     problems = task.problems(args.split, args.count, seed=3)
     ids, labels = task.encode(problems, partial_labels=True)
     depths = [int(d) for d in args.depths.split(",")]

@@ -17,7 +17,8 @@ examples:
   latentloop demo
   latentloop demo --json --limit 50
   latentloop demo --out plots/ --limit 300
-  latentloop demo --model runs/reasoning/model --baseline runs/reasoning-baseline/model
+  latentloop demo --model runs/pointers/checkpoints/step-001000 \
+      --baseline runs/pointers-baseline/checkpoints/step-001000
 """
 
 DEPTHS = [1, 2, 4, 8, 16, 32, 64]

@@ -31,6 +31,10 @@ def main() -> None:
     args = parser.parse_args()
     model, task = load_model(args.model).eval(), task_from_dir(args.model)
     problems = task.problems(args.split, args.count, seed=3)
+    try:
+        task.levels(problems[0].prompt)
+    except NotImplementedError as err:
+        raise SystemExit(f"{args.model}: {err} (levels.py reads circuit and pointers models)") from None
     ids, labels = task.encode(problems, partial_labels=True)
     depths = [int(d) for d in args.depths.split(",")]
     with torch.no_grad():

@@ -33,7 +33,7 @@ class Pointers(ReasoningTask):
     name = "pointers"
     alphabet = "0123456789" + POINTERS + "="
 
-    def __init__(self, items: int = 96, train_depth: tuple[int, int] = (6, 14),
+    def __init__(self, items: int = 96, train_depth: tuple[int, int] = (8, 16),
                  test_depth: tuple[int, int] = (36, 44), reach: int = 3, distractors: int = 2,
                  partial_labels: bool = False) -> None:
         if not 1 <= reach <= len(POINTERS):

@@ -68,26 +68,23 @@ class Pointers(ReasoningTask):
     def sample(self, rng: np.random.Generator, difficulty: int) -> Problem:
         items = int(rng.integers(2 * difficulty + 1, self.items + 1))
         chain = self.main_chain(rng, difficulty, items)
-        on_chain = set(chain)
+        previous = dict(zip(chain[1:], chain[:-1], strict=True))  # each main-chain pointer's target
         text: list[str] = []
         values: list[int] = []
         tails: list[int] = []  # the last item of each distractor chain
         for here in range(items):
             tails = [t for t in tails if here - t <= self.reach]  # chains out of reach have ended
-            if here in on_chain and here != chain[0]:
-                target = chain[chain.index(here) - 1]
-            elif here not in on_chain and tails and rng.random() >= (0.5 if len(tails) < self.distractors else RESTART):
-                target = tails[int(rng.integers(len(tails)))]
-                tails.remove(target)
-            else:  # a root: the main chain's, or a new distractor chain's
+            on_chain = here in previous or here == chain[0]
+            target = previous.get(here)
+            if not on_chain and tails and rng.random() >= (0.5 if len(tails) < self.distractors else RESTART):
+                target = tails.pop(int(rng.integers(len(tails))))
+            if target is None:  # a root: the main chain's, or a new distractor chain's
                 values.append(int(rng.integers(10)))
                 text.append(str(values[-1]))
-                if here not in on_chain:
-                    tails.append(here)
-                continue
-            values.append(values[target])
-            text.append(POINTERS[here - target - 1])
-            if here not in on_chain:
+            else:
+                values.append(values[target])
+                text.append(POINTERS[here - target - 1])
+            if not on_chain:
                 tails.append(here)
         partials = tuple(str(v) for v in values) + ("",)
         return Problem("".join(text) + "=", str(values[-1]), difficulty, partials)

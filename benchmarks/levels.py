@@ -16,10 +16,9 @@ import argparse
 import json
 from collections import defaultdict
 
-import torch
-
 from latentloop import load_model
 from latentloop.tasks import task_from_dir
+from latentloop.tasks.evaluate import partial_hits
 
 
 def main() -> None:
@@ -35,13 +34,10 @@ def main() -> None:
         task.levels(problems[0].prompt)
     except NotImplementedError as err:
         raise SystemExit(f"{args.model}: {err} (levels.py reads circuit and pointers models)") from None
-    ids, labels = task.encode(problems, partial_labels=True)
     depths = [int(d) for d in args.depths.split(",")]
-    with torch.no_grad():
-        outputs = model.forward_depths(ids, depths, init_scale=0.0)
+    hits = partial_hits(model, task, problems, depths)
     report = {"model": args.model, "split": args.split, "problems": len(problems), "iterations": {}}
-    for depth, out in outputs.items():
-        hit = out.logits.argmax(-1) == labels
+    for depth, hit in hits.items():
         right, seen = defaultdict(int), defaultdict(int)
         for i, p in enumerate(problems):
             for char, level in enumerate(task.levels(p.prompt)):

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from latentloop import load_model
 from latentloop.tasks import task_from_dir
+from latentloop.tasks.evaluate import partial_hits
 
 
 def longest_chain(prompt: str) -> tuple[int, int, int]:
@@ -38,13 +37,10 @@ def main() -> None:
     if task.name != "modchain":
         raise SystemExit(f"{args.model} was trained on {task.name!r}, not on modchain")
     problems = task.problems(args.split, args.count, seed=3)
-    ids, labels = task.encode(problems, partial_labels=True)
     depths = [int(d) for d in args.depths.split(",")]
-    with torch.no_grad():
-        outputs = model.forward_depths(ids, depths, init_scale=0.0)
+    hits = partial_hits(model, task, problems, depths)
     report = {"model": args.model, "split": args.split, "problems": len(problems), "depths": {}}
-    for depth, out in outputs.items():
-        hit = out.logits.argmax(-1) == labels  # position 1 + j predicts the value after prompt char j
+    for depth, hit in hits.items():
         resolved, chain_done, long_digit, short_digit = [], [], [], []
         for i, p in enumerate(problems):
             index, first, last = longest_chain(p.prompt)

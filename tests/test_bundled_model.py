@@ -6,10 +6,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from latentloop import load_model
 from latentloop.tasks import task_from_dir
-from latentloop.tasks.evaluate import depth_accuracy
+from latentloop.tasks.base import IGNORE
+from latentloop.tasks.evaluate import depth_accuracy, depth_correct, partial_hits
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {"config.json", "model.safetensors", "tokenizer.json", "task.json", "MODEL_CARD.md"}
@@ -49,6 +51,21 @@ def test_thinking_longer_answers_better(installed_default):
     assert accuracy[32] - accuracy[1] >= 0.4
     harder = depth_accuracy(model, task, task.problems("test", 96), [32, 64])
     assert harder[64] - harder[32] >= 0.05  # deeper than any trained chain: more iterations still help
+
+
+def test_partial_hits_agree_with_exact_answers():
+    """At the answer's positions the partial-label sweep scores what exact match scores; at the other
+    labelled positions more iterations resolve more of the chains."""
+    model, task = load_model("default").eval(), task_from_dir("default")
+    problems = task.problems("validation", 16, seed=5)
+    hits = partial_hits(model, task, problems, [4, 32])
+    correct = depth_correct(model, task, problems, [4, 32])
+    _, answer_labels = task.encode(problems)
+    _, all_labels = task.encode(problems, partial_labels=True)
+    answer, labelled = answer_labels != IGNORE, all_labels != IGNORE
+    for depth in (4, 32):
+        assert torch.equal((hits[depth] | ~answer).all(-1), correct[depth])
+    assert hits[32][labelled].float().mean() > hits[4][labelled].float().mean()
 
 
 def test_default_resolves_to_the_bundled_model():

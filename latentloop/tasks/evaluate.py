@@ -26,6 +26,17 @@ def depth_correct(model: RecurrentDepthLM, task: ReasoningTask, problems: list[P
     return {depth: torch.cat(parts[depth])[undo] for depth in depths}
 
 
+@torch.no_grad()
+def partial_hits(model: RecurrentDepthLM, task: ReasoningTask, problems: list[Problem],
+                 depths: list[int]) -> dict[int, torch.Tensor]:
+    """Per depth, a [problem, position] mask: the argmax equals the label there, partial labels
+    included (zero initial state, one pass). Position 1 + j holds the guess made at prompt character
+    j: what a model trained with partial labels believes that sub-problem's answer is."""
+    ids, labels = task.encode(problems, partial_labels=True)
+    outputs = model.forward_depths(ids.to(model.device), depths, init_scale=0.0)
+    return {depth: (out.logits.argmax(-1) == labels.to(model.device)).cpu() for depth, out in outputs.items()}
+
+
 def length_order(problems: list[Problem]) -> list[int]:
     """Problem indices by length: batches of neighbours carry little padding."""
     return sorted(range(len(problems)), key=lambda i: len(problems[i].prompt) + len(problems[i].answer))

@@ -14,7 +14,7 @@ measured on this 2-core machine (`REFERENCE`).
     python benchmarks/decode.py --repeat 5  # best of 5 timed runs per case (default 3)
     python benchmarks/decode.py --threads 1  # one thread: steadier when other jobs share the cores
     python benchmarks/decode.py --quick --trained runs/stories-small/model  # + speculation on trained weights
-    python benchmarks/decode.py --quick --trained default --prompt "932ac3c5bacaca9ba="  # ... on the bundled model
+    python benchmarks/decode.py --quick --trained default --prompt "73BACbb6baa9Bbb7b="  # ... on the bundled model
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def test_compiled_speculation_on_the_bundled_model_matches_plain_greedy():
     """Drafts the verifier accepts in part and in full, round after round: the tokens fed back are
     picked from the verifier's rows at varying offsets, and every such call reuses a known graph."""
     model = load_model("default").eval()
-    prompt = [load_tokenizer("default").encode_prompt("932ac3c5bacaca9ba=")]  # short: 64 new tokens fit
+    prompt = [load_tokenizer("default").encode_prompt("73BACbb6baa9Bbb7b=")]  # short: 64 new tokens fit
     options = dict(num_steps=32, init_scale=0.0, max_new_tokens=64, stop_ids=[])
     plain = generate(model, prompt, **options)
     speculative = generate(model, prompt, compile=True, draft_steps=4, lookahead=4, **options)

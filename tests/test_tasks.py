@@ -38,7 +38,7 @@ def evaluate_circuit(prompt: str, modulus: int = 10) -> tuple[list[int], list[in
 
 
 def follow_pointers(prompt: str) -> tuple[list[int], list[int], list[int]]:
-    """Independent evaluation of a pointers prompt such as '7a3b=': each item's value, depth and root."""
+    """Independent evaluation of a pointers prompt such as '7a3B=': each item's value, depth and root."""
     values, depths, roots = [], [], []
     for here, char in enumerate(prompt.rstrip("=")):
         if char.isdigit():
@@ -46,8 +46,8 @@ def follow_pointers(prompt: str) -> tuple[list[int], list[int], list[int]]:
             depths.append(0)
             roots.append(here)
         else:
-            target = here - (ord(char) - ord("a") + 1)
-            values.append(values[target])
+            target = here - (ord(char.lower()) - ord("a") + 1)
+            values.append((values[target] + char.isupper()) % 10)
             depths.append(depths[target] + 1)
             roots.append(roots[target])
     return values, depths, roots
@@ -152,7 +152,7 @@ def test_pointers_answers_depths_and_one_length():
         assert task.levels(p.prompt) == [*depths, None]
         chain = [len(values) - 1]  # the main chain's gaps stay within reach
         while not p.prompt[chain[-1]].isdigit():
-            chain.append(chain[-1] - (ord(p.prompt[chain[-1]]) - ord("a") + 1))
+            chain.append(chain[-1] - (ord(p.prompt[chain[-1]].lower()) - ord("a") + 1))
         assert max(a - b for a, b in zip(chain, chain[1:], strict=False)) <= 2
     assert {int(p.answer) for p in test} == set(range(10))
     assert {p.difficulty for p in train + test} == set(range(4, 9)) | set(range(16, 23))
@@ -168,10 +168,11 @@ def test_pointers_answers_depths_and_one_length():
         Pointers(items=80, test_depth=(36, 44), reach=2)
 
 
-def test_pointers_leave_no_layout_shortcut():
+@pytest.mark.parametrize("increments", [0.0, 0.5])
+def test_pointers_leave_no_layout_shortcut(increments):
     """The root is rarely the first or the latest input, and every pointer of a row, on the main chain
     or not, reaches 1 to `reach` items back: no letter marks the chain that matters."""
-    task = Pointers(reach=3)
+    task = Pointers(reach=3, increments=increments)
     for split in ("train", "test"):
         first = latest = 0
         for p in task.problems(split, 200):
@@ -179,8 +180,33 @@ def test_pointers_leave_no_layout_shortcut():
             inputs = [i for i, c in enumerate(p.prompt) if c.isdigit()]
             first += roots[-1] == inputs[0]
             latest += roots[-1] == inputs[-1]
-            assert set(p.prompt) - set("0123456789=") <= set("abc")
+            assert set(p.prompt) - set("0123456789=") <= set("abcABC")
         assert first / 200 < 0.1 and latest / 200 < 0.1, (split, first, latest)
+
+
+def test_pointer_increments_make_every_hop_count():
+    """Capitals add one to the value they copy, as often on the main chain as off it; the answer is
+    then rarely the root's own value, so finding the root without following the chain is no answer."""
+    task = Pointers(increments=0.5, partial_labels=True)
+    on_chain, off_chain, root_value = [], [], 0
+    for p in task.problems("train", 150) + task.problems("test", 50):
+        values, depths, roots = follow_pointers(p.prompt)
+        assert p.answer == str(values[-1]) and depths[-1] == p.difficulty
+        assert p.partials[:-1] == tuple(str(v) for v in values)
+        chain = {len(values) - 1}
+        here = len(values) - 1
+        while not p.prompt[here].isdigit():
+            here -= ord(p.prompt[here].lower()) - ord("a") + 1
+            chain.add(here)
+        for i, char in enumerate(p.prompt[:-1]):
+            if char.isalpha():
+                (on_chain if i in chain else off_chain).append(char.isupper())
+        root_value += p.answer == p.prompt[roots[-1]]
+    assert abs(sum(on_chain) / len(on_chain) - 0.5) < 0.05 and abs(sum(off_chain) / len(off_chain) - 0.5) < 0.05
+    assert root_value / 200 < 0.25
+    assert not set("".join(p.prompt for p in Pointers().problems("train", 50))) & set("ABCDEFGHI")
+    with pytest.raises(ValueError, match="increments is the chance that a pointer adds one: give 0-1"):
+        Pointers(increments=1.5)
 
 
 def test_addition_answers_and_carry_chains():

@@ -11,7 +11,7 @@ import sys
 EPILOG = """examples:
   latentloop demo                             # the bundled model thinking longer, in a minute
   latentloop info huginn-0125                 # parameters, FLOPs and depth per iteration count
-  latentloop generate default "932ac3c5bacaca9ba=" --steps 32
+  latentloop generate default "73BACbb6baa9Bbb7b=" --steps 32
   latentloop <command> --help                 # every command documents its options
 """
 

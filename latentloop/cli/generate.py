@@ -10,7 +10,7 @@ iterations used per token and the speed. Greedy unless --temperature > 0.
 MODEL is a checkpoint directory with tokenizer.json, 'default' (the bundled model) or a hub id.
 
 examples:
-  latentloop generate default "932ac3c5bacaca9ba=" --steps 32
+  latentloop generate default "73BACbb6baa9Bbb7b=" --steps 32
   latentloop generate runs/stories-small/model "Once upon a time" --exit kl:5e-4 --min-steps 4 --max-steps 64
   latentloop generate runs/stories-small/model "Once upon a time" --kv-budget 1 --warm-start
   latentloop generate runs/stories-small/model "Once upon a time" --draft-steps 4 --lookahead 4 --steps 32

@@ -11,7 +11,7 @@ slider), path independence across --samples random starts, token correlation per
 the KL-exit step of every token. DIR/data.npz holds the arrays, DIR/summary.json the numbers.
 
 examples:
-  latentloop inspect default "932ac3c5bacaca9ba=" --out inspect-out
+  latentloop inspect default "73BACbb6baa9Bbb7b=" --out inspect-out
   latentloop inspect path/to/checkpoint "The capital of France is" --steps 64 --samples 16 --out run1
   latentloop inspect tomg-group-umd/huginn-0125 "12 + 7 =" --init-scale 0 --out zero-start
 """

@@ -17,8 +17,7 @@ examples:
   latentloop demo
   latentloop demo --json --limit 50
   latentloop demo --out plots/ --limit 300
-  latentloop demo --model runs/pointers/checkpoints/step-001000 \
-      --baseline runs/pointers-baseline/checkpoints/step-001000
+  latentloop demo --model runs/pointers/model --baseline runs/pointers-baseline/model
 """
 
 DEPTHS = [1, 2, 4, 8, 16, 32, 64]

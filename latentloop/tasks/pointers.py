@@ -11,12 +11,13 @@ Difficulty is the depth of the last item: the number of pointers followed from i
 chain it ends is woven through distractor chains (their own roots and lengths), and every pointer of
 the row, on any chain, reaches 1 to `reach` places back, so no letter marks the chain that matters
 and its root is no fixed input (first, latest): the way to the answer is to follow the pointers.
-With `increments` (the chance that a pointer is a capital), knowing the root is not enough either:
-the answer counts the capitals on the way, so every hop matters. A
-row holds 2 x depth + 1 to `items` items (drawn uniformly), so the deep chains of the harder split
-sit in rows no longer than training's longest: what is tested is following further, at positions
-training saw. One hop is one attention lookup, the same at every step: a recurrent core of one layer
-can follow one pointer per iteration, so a chain of depth d needs about d iterations.
+With `increments` (the chance that a pointer is a capital, on any chain), knowing the root is not
+enough either: the answer counts the capitals on the way, so every hop matters (at 0, the rows are
+those of the task without capitals, draw for draw). A row holds 2 x depth + 1 to `items` items
+(drawn uniformly), so the deep chains of the harder split sit in rows no longer than training's
+longest: what is tested is following further, at positions training saw. One hop is one attention
+lookup, the same at every step: a recurrent core of one layer can follow one pointer per iteration,
+so a chain of depth d needs about d iterations.
 
 With `partial_labels`, every item's value is also supervised at the item (nothing added to the
 text): each lookup is then learned on its own, shallow items first.

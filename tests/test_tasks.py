@@ -53,6 +53,14 @@ def follow_pointers(prompt: str) -> tuple[list[int], list[int], list[int]]:
     return values, depths, roots
 
 
+def chain_to_root(prompt: str) -> list[int]:
+    """Positions of the chain that ends at the last item, last item first, down to its root."""
+    chain = [len(prompt.rstrip("=")) - 1]
+    while not prompt[chain[-1]].isdigit():
+        chain.append(chain[-1] - (ord(prompt[chain[-1]].lower()) - ord("a") + 1))
+    return chain
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_generators_are_deterministic_per_seed(name):
     task = get_task(name)
@@ -150,9 +158,7 @@ def test_pointers_answers_depths_and_one_length():
         assert 2 * p.difficulty + 1 <= len(p.prompt) - 1 <= 48
         assert p.answer == str(values[-1]) and depths[-1] == p.difficulty
         assert task.levels(p.prompt) == [*depths, None]
-        chain = [len(values) - 1]  # the main chain's gaps stay within reach
-        while not p.prompt[chain[-1]].isdigit():
-            chain.append(chain[-1] - (ord(p.prompt[chain[-1]].lower()) - ord("a") + 1))
+        chain = chain_to_root(p.prompt)  # its gaps stay within reach
         assert max(a - b for a, b in zip(chain, chain[1:], strict=False)) <= 2
     assert {int(p.answer) for p in test} == set(range(10))
     assert {p.difficulty for p in train + test} == set(range(4, 9)) | set(range(16, 23))
@@ -193,11 +199,7 @@ def test_pointer_increments_make_every_hop_count():
         values, depths, roots = follow_pointers(p.prompt)
         assert p.answer == str(values[-1]) and depths[-1] == p.difficulty
         assert p.partials[:-1] == tuple(str(v) for v in values)
-        chain = {len(values) - 1}
-        here = len(values) - 1
-        while not p.prompt[here].isdigit():
-            here -= ord(p.prompt[here].lower()) - ord("a") + 1
-            chain.add(here)
+        chain = set(chain_to_root(p.prompt))
         for i, char in enumerate(p.prompt[:-1]):
             if char.isalpha():
                 (on_chain if i in chain else off_chain).append(char.isupper())

@@ -37,6 +37,11 @@ def evaluate_circuit(prompt: str, modulus: int = 10) -> tuple[list[int], list[in
     return values, depths
 
 
+def pointer_target(prompt: str, here: int) -> int:
+    """Where the pointer at `here` points: `a`/`A` one item back, `b`/`B` two, ..."""
+    return here - (ord(prompt[here].lower()) - ord("a") + 1)
+
+
 def follow_pointers(prompt: str) -> tuple[list[int], list[int], list[int]]:
     """Independent evaluation of a pointers prompt such as '7a3B=': each item's value, depth and root."""
     values, depths, roots = [], [], []
@@ -46,7 +51,7 @@ def follow_pointers(prompt: str) -> tuple[list[int], list[int], list[int]]:
             depths.append(0)
             roots.append(here)
         else:
-            target = here - (ord(char.lower()) - ord("a") + 1)
+            target = pointer_target(prompt, here)
             values.append((values[target] + char.isupper()) % 10)
             depths.append(depths[target] + 1)
             roots.append(roots[target])
@@ -57,7 +62,7 @@ def chain_to_root(prompt: str) -> list[int]:
     """Positions of the chain that ends at the last item, last item first, down to its root."""
     chain = [len(prompt.rstrip("=")) - 1]
     while not prompt[chain[-1]].isdigit():
-        chain.append(chain[-1] - (ord(prompt[chain[-1]].lower()) - ord("a") + 1))
+        chain.append(pointer_target(prompt, chain[-1]))
     return chain
 
 

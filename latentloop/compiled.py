@@ -1,10 +1,11 @@
 """torch.compile'd decoding: prelude, core iterations and coda, each one graph.
 
 Eager decoding of a small model spends much of its time launching ~80 tiny ops per block. Here each
-piece of the model is compiled once (inductor, C++ wrapper) for one new token per row. The KV cache
-reaches the graphs as `cache.StepSlots`, tensors only and dynamic in the length, so one graph serves
-every token and every iteration without recompiling. The pieces have the model's own signatures
-(`embed`, `core_step`, `recur`, `decode`), so `generate.Engine` calls either; at a fixed depth one
+piece of the model is compiled once (inductor, C++ wrapper) for one new token per row and each batch
+size the engine pads to (1, 2, 4, ...). The KV cache reaches the graphs as `cache.Slots`, tensors only
+and dynamic in its rows and length, so one graph serves every token, iteration and row set without
+recompiling. The pieces have the model's own signatures (`embed`, `core_step`, `recur`, `decode`), so
+`engine.Engine` calls either; at a fixed depth one
 graph runs `iterations_per_call` iterations (a call costs ~0.1-0.15 ms outside its kernels). Prompts and
 speculative drafts (many tokens per row) go through graphs of their own, dynamic in their length.
 
@@ -36,7 +37,7 @@ from torch._inductor.compile_fx import compile_fx
 from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from .cache import KVCache, StepSlots
+from .cache import CacheView, KVCache, Slots
 from .model import Context, RecurrentDepthLM
 
 OPTIONS = {"cpp_wrapper": True}  # kernels called from C++, not Python: ~10 us less per op on CPU
@@ -115,17 +116,17 @@ def _tensor_kind(t: Tensor) -> tuple:
 
 
 # The graphs. The model is an argument (not captured) so that the registry holds it weakly.
-def _embed_graph(model: RecurrentDepthLM, ids: Tensor, rope: Tensor, slots: StepSlots) -> Tensor:
+def _embed_graph(model: RecurrentDepthLM, ids: Tensor, rope: Tensor, slots: Slots) -> Tensor:
     return model.embed(ids, Context(rope=rope, cache=slots))
 
 
-def _core_graph(model: RecurrentDepthLM, x: Tensor, e: Tensor, rope: Tensor, slots: list[StepSlots]) -> Tensor:
+def _core_graph(model: RecurrentDepthLM, x: Tensor, e: Tensor, rope: Tensor, slots: list[Slots]) -> Tensor:
     for step_slots in slots:  # one iteration per entry, each with its own cache slots
         x = model.core_step(x, e, Context(rope=rope, cache=step_slots), 0)
     return x
 
 
-def _decode_graph(model: RecurrentDepthLM, x: Tensor, rope: Tensor, slots: StepSlots) -> tuple[Tensor, Tensor]:
+def _decode_graph(model: RecurrentDepthLM, x: Tensor, rope: Tensor, slots: Slots) -> tuple[Tensor, Tensor]:
     return model.decode(x, Context(rope=rope, cache=slots))
 
 
@@ -192,8 +193,8 @@ class CompiledSteps:
             with self._tracing():
                 return self._many[part](*args)
         distinct = len({id(s.keys[0]) for s in slots})  # a KV ring shorter than the call hands a slot twice
-        kind = (part, len(slots), distinct, *map(_tensor_kind, (*inputs, ctx.rope)), slots[0].active is None,
-                slots[0].keys[0].dtype, slots[0].keys[0].is_inference())
+        kind = (part, len(slots), distinct, *map(_tensor_kind, (*inputs, ctx.rope)), slots[0].keys[0].dtype,
+                slots[0].keys[0].is_inference())
         if kind in self._known:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return graph(*args)
@@ -217,16 +218,16 @@ class CompiledSteps:
             finally:
                 self._in_tracing = False
 
-    def _slots(self, ctx: Context, part: str, step: int) -> StepSlots:
-        cache = ctx.cache
-        if not isinstance(cache, KVCache):
+    def _slots(self, ctx: Context, part: str, step: int) -> Slots:
+        view = ctx.cache
+        if not isinstance(view, CacheView):
             raise TypeError("compiled decoding runs against a KVCache")
-        if cache not in self._caches:  # one graph for every cache length: marked once, the tensors persist
+        cache = view.cache
+        if cache not in self._caches:  # one graph for every row count and length: marked once, the tensors persist
             for tensor in (t for ring in cache.keys + cache.values for t in ring):
+                torch._dynamo.mark_dynamic(tensor, 0)
                 torch._dynamo.mark_dynamic(tensor, 2)
-            torch._dynamo.mark_dynamic(cache.step_bias, 3)
             self._caches.add(cache)
-        slots = cache.step_slots(*self.layers[part], step)
-        if slots.bias is not cache.step_bias:  # a fresh bias for many new tokens: dynamic in the length too
-            torch._dynamo.mark_dynamic(slots.bias, 3)
+        slots = view.slots(*self.layers[part], step)
+        torch._dynamo.mark_dynamic(slots.bias, 3)  # built per forward, as long as the cache
         return slots

@@ -1,155 +1,85 @@
-"""Generation: one decode loop where depth, early exit, KV budget, warm start, sampling, stopping,
-streaming, padded batches and speculative drafting are options.
+"""Generation: `generate` and `stream` as clients of the engine (`engine.py`), so there is one decode path.
 
-`Engine.forward` runs new tokens through the model's pieces against a `KVCache`: prelude, the core at
-a fixed depth or until an exit criterion fires (each row on its own), then coda and head.
-A chunk producer (`_plain_chunks`, or `speculative.speculative_chunks`) turns forwards into new
-tokens; `_run` feeds them through stop ids, stop strings and `max_new_tokens` for every row and
-yields the text of row 0 as it arrives. `generate` collects the result; `stream` hands out the text.
+A call turns its prompt (text, ids, a padded batch) into one `Request` per row, submits them to a
+`Scheduler` whose cache has a row per request, and steps it until every row is done, streaming the
+text of row 0 as it arrives. Depth, early exit, KV budget, warm start, sampling, stops and
+self-speculative drafting are options of the request; `compile` and `prefill_chunk` of the engine.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
 from .cache import KVCache
-from .compiled import CompiledSteps, compiled_steps
+from .engine import Engine, Scheduler
 from .exits import ExitCriterion, parse_exit
-from .model import Context, RecurrentDepthLM
+from .model import RecurrentDepthLM
+from .request import Request
 from .sampling import Sampler
 
 Prompt = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | Tensor
 
 
 @dataclass
-class Forward:
-    logits: Tensor  # [B, S, V] float32
-    state: Tensor  # [B, S, h] final recurrent state (what warm start feeds to the next token)
-    iterations: Tensor | int  # per row [B], or one count for all
+class GenerateOptions:
+    """Every option of `generate`, checked once: a misspelt one is named, a bad value explained."""
 
+    num_steps: int = 32
+    init_scale: float = 1.0
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    exit: str | ExitCriterion | None = None
+    kv_budget: int | None = None
+    warm_start: bool = False
+    stop: str | Sequence[str] | None = None
+    stop_ids: Sequence[int] | None = None
+    draft_steps: int | None = None
+    lookahead: int = 4
+    attention_mask: Tensor | None = None
+    compile: bool = False
+    prefill_chunk: int | None = None
+    sampler: Sampler = field(init=False, repr=False)
 
-@dataclass
-class Chunk:
-    """New tokens for every row from one step of a producer; `iterations` applies to each of them."""
+    @classmethod
+    def from_kwargs(cls, options: dict) -> GenerateOptions:
+        known = [f.name for f in fields(cls) if f.init]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown generation option(s) {', '.join(unknown)}; the options are: {', '.join(known)}")
+        return cls(**options)
 
-    tokens: Tensor  # [B, n]
-    iterations: Tensor | int
-    drafted: int = 0
-    accepted: int = 0
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1 (iterations of the core per token), "
+                             f"got {self.num_steps!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self.exit = parse_exit(self.exit)
+        self.sampler = Sampler(self.do_sample, self.temperature, self.top_k, self.top_p, self.min_p,
+                               self.repetition_penalty)
+        self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
+    @property
+    def depth(self) -> int:
+        return max(self.num_steps, self.exit.max_steps or 0) if self.exit is not None else self.num_steps
 
-class Engine:
-    """A model and its KV cache: runs new tokens through prelude, core (fixed or adaptive) and coda.
-    With `compile=True`, every forward goes through the compiled pieces (`compiled.py`)."""
-
-    def __init__(
-        self, model: RecurrentDepthLM, cache: KVCache, init_scale: float = 1.0,
-        generator: torch.Generator | None = None, compile: bool = False,
-    ) -> None:
-        self.model, self.cache = model, cache
-        self.init_scale, self.generator = init_scale, generator
-        self.compiled: CompiledSteps | None = compiled_steps(model) if compile else None
-
-    @torch.inference_mode()
-    def forward(
-        self, ids: Tensor, num_steps: int, valid: Tensor | None = None, exit: ExitCriterion | None = None,
-        state: Tensor | None = None, provisional: bool = False,
-    ) -> Forward:
-        """Append `ids` [B, S] to the cache; `state` [B, S, h] replaces the random initial latent;
-        `provisional` tokens are rewound before others read them (see `KVCache.commit`)."""
-        model, cache = self.model, self.cache
-        run = self.compiled if self.compiled is not None else model
-        positions = cache.begin(valid, ids.shape[1])
-        ctx = model.context(ids.shape[1], position_ids=positions, cache=cache)
-        e = run.embed(ids, ctx)
-        x = model.initial_state(e, self.init_scale, self.generator) if state is None else state
-        if exit is None:
-            x = run.recur(x, e, ctx, num_steps)
-            logits, iterations = run.decode(x, ctx)[1], num_steps
-        else:
-            x, logits, iterations = self._adaptive(run, x, e, ctx, exit, num_steps)
-        cache.commit(iterations, provisional=provisional)
-        return Forward(logits, x, iterations)
-
-    def _adaptive(
-        self, run: RecurrentDepthLM | CompiledSteps, x: Tensor, e: Tensor, ctx: Context, exit: ExitCriterion,
-        num_steps: int,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Iterate until each row's criterion fires (not before min_steps); exited rows stay frozen."""
-        model, cache = self.model, self.cache
-        batch, max_steps = x.shape[0], exit.max_steps or num_steps
-        update = exit.begin(x, model.config.vocab_size)
-        done = torch.zeros(batch, dtype=torch.bool, device=x.device)
-        iterations = torch.full((batch,), max_steps, dtype=torch.long, device=x.device)
-        logits = None
-        for step in range(max_steps):
-            if batch > 1:
-                cache.active = ~done
-                x = torch.where(done[:, None, None], x, run.core_step(x, e, ctx, step))
-            else:
-                x = run.core_step(x, e, ctx, step)
-            logits = run.decode(x, ctx)[1] if exit.needs_logits else None
-            converged = update(x, logits)
-            if step + 1 >= exit.min_steps:
-                iterations = torch.where(converged & ~done, step + 1, iterations)
-                done = done | converged
-                if bool(done.all()):
-                    break
-        cache.active = None
-        if logits is None:
-            logits = run.decode(x, ctx)[1]
-        return x, logits, iterations
-
-
-def _plain_chunks(
-    engine: Engine, first: Forward, sampler: Sampler, seen: Tensor | None, num_steps: int,
-    exit: ExitCriterion | None, warm_start: bool,
-) -> Iterator[Chunk]:
-    """Token by token: sample from the last forward, yield, then run the token through the model."""
-    out = first
-    while True:
-        token = sampler(out.logits[:, -1], seen, engine.generator)
-        if seen is not None:
-            seen.scatter_(1, token[:, None], True)
-        yield Chunk(token[:, None], out.iterations)
-        out = engine.forward(token[:, None], num_steps, exit=exit, state=out.state[:, -1:] if warm_start else None)
-
-
-class _Detokenizer:
-    """Incremental decoding: text deltas without re-decoding everything, holding back split UTF-8."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
-
-    def push(self, token: int, final: bool = False) -> str:
-        self.ids.append(token)
-        return self.flush() if final else self._delta(complete_only=True)
-
-    def flush(self) -> str:
-        return self._delta(complete_only=False)
-
-    def _delta(self, complete_only: bool) -> str:
-        before = self.tokenizer.decode(self.ids[self.prefix : self.read])
-        after = self.tokenizer.decode(self.ids[self.prefix :])
-        if len(after) <= len(before) or (complete_only and after.endswith("\ufffd")):
-            return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return after[len(before) :]
-
-
-@dataclass
-class _Row:
-    tokens: list[int] = field(default_factory=list)
-    iterations: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: str | None = None
-    detokenizer: _Detokenizer | None = None
+    def request(self, prompt: list[int], tokenizer, max_new_tokens: int) -> Request:
+        stop_ids = self.stop_ids if self.stop_ids is not None else tokenizer.stop_ids if tokenizer is not None else []
+        return Request(prompt, max_new_tokens=max_new_tokens, num_steps=self.num_steps, exit=self.exit,
+                       sampler=self.sampler, init_scale=self.init_scale, seed=self.seed, warm_start=self.warm_start,
+                       stop_ids=stop_ids, stop=self.stop, draft_steps=self.draft_steps, lookahead=self.lookahead,
+                       tokenizer=tokenizer)
 
 
 @dataclass
@@ -244,150 +174,58 @@ def prepare_prompt(
     return ids, mask
 
 
-def _run(
-    model: RecurrentDepthLM,
-    prompt: Prompt,
-    tokenizer=None,
-    num_steps: int = 32,
-    init_scale: float = 1.0,
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    seed: int | None = None,
-    exit: str | ExitCriterion | None = None,
-    kv_budget: int | None = None,
-    warm_start: bool = False,
-    stop: str | Sequence[str] | None = None,
-    stop_ids: Sequence[int] | None = None,
-    draft_steps: int | None = None,
-    lookahead: int = 4,
-    attention_mask: Tensor | None = None,
-    compile: bool = False,
-) -> Iterator[str]:
-    """The shared driver: yields row 0's text as it is generated; returns the GenerationResult."""
+def _run(model: RecurrentDepthLM, prompt: Prompt, tokenizer, options: GenerateOptions) -> Iterator[str]:
+    """Submit one request per row, step the engine until all are done; yields row 0's text as it grows
+    and returns the GenerationResult."""
     started = time.perf_counter()
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1 (iterations of the core per token), got {num_steps!r}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    criterion = parse_exit(exit)
-    sampler = Sampler(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if stops and tokenizer is None:
-        raise ValueError("stop strings need a tokenizer to read the text; pass tokenizer=... or use stop_ids")
-    stop_set = set(tokenizer.stop_ids if stop_ids is None and tokenizer is not None else stop_ids or [])
     pad_id = tokenizer.pad_id if tokenizer is not None and tokenizer.pad_id is not None else 0
-
-    ids, valid = prepare_prompt(prompt, tokenizer, attention_mask, pad_id)
-    batch, prompt_len = ids.shape
-    vocab = model.config.vocab_size
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-        raise ValueError(f"prompt token ids must lie in [0, {vocab}) (the model's vocabulary); "
-                         f"got ids from {int(ids.min())} to {int(ids.max())}: is this the model's tokenizer?")
-    context = model.config.context_length
-    extra = 0 if draft_steps is None else lookahead + 1
-    if prompt_len + extra >= context:
-        raise ValueError(f"the prompt has {prompt_len} tokens but the model's context length is {context}; "
+    ids, valid = prepare_prompt(prompt, tokenizer, options.attention_mask, pad_id)
+    rows = [row[mask].tolist() for row, mask in zip(ids, valid, strict=True)]
+    context, longest = model.config.context_length, max(len(r) for r in rows)
+    extra = 0 if options.draft_steps is None else options.lookahead + 1
+    if longest + extra >= context:
+        raise ValueError(f"the prompt has {longest} tokens but the model's context length is {context}; "
                          "shorten the prompt (the answer needs room too)")
-    max_new_tokens = min(max_new_tokens, context - prompt_len - extra)
-    depth = max(num_steps, criterion.max_steps or 0) if criterion is not None else num_steps
-    device = model.device
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    cache = KVCache(model.config, batch, prompt_len + max_new_tokens + extra, depth, kv_budget, model.dtype, device)
-    engine = Engine(model, cache, init_scale, generator, compile)
-    ids, valid = ids.to(device), valid.to(device)
-    seen = None
-    if repetition_penalty != 1.0:
-        seen = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=device)
-        seen.scatter_(1, torch.where(valid, ids, vocab), True)
-        seen = seen[:, :vocab]
-
-    if draft_steps is not None:
-        from .speculative import check_speculative, speculative_chunks
-
-        check_speculative(num_steps, draft_steps, lookahead, cache)
-        if criterion is not None or warm_start or do_sample or repetition_penalty != 1.0:
-            raise ValueError("speculative decoding (draft_steps) is greedy at a fixed depth: drop exit, "
-                             "warm_start, sampling and repetition_penalty, or drop draft_steps")
-    first = engine.forward(ids, num_steps, valid)
-    prefill_seconds = time.perf_counter() - started
-    if draft_steps is None:
-        chunks = _plain_chunks(engine, first, sampler, seen, num_steps, criterion, warm_start)
-    else:
-        chunks = speculative_chunks(engine, first, num_steps, draft_steps, lookahead)
-
-    rows = [_Row(detokenizer=_Detokenizer(tokenizer) if tokenizer is not None else None) for _ in range(batch)]
-    hold = max((len(s) for s in stops), default=1) - 1  # streamed text that may still start a stop string
-    shown, drafted, accepted = 0, 0, 0
-    for chunk in chunks:
-        drafted, accepted = drafted + chunk.drafted, accepted + chunk.accepted
-        tokens = chunk.tokens.tolist()
-        counts = chunk.iterations.tolist() if isinstance(chunk.iterations, Tensor) else [chunk.iterations] * batch
-        for row, new, count in zip(rows, tokens, counts, strict=True):
-            if row.finish_reason is None:
-                _extend(row, new, count, max_new_tokens, stop_set, stops)
-        end = len(rows[0].text) - (0 if rows[0].finish_reason else hold)
+    max_new_tokens = min(options.max_new_tokens, context - longest - extra)
+    requests = [options.request(r, tokenizer, max_new_tokens) for r in rows]
+    cache = KVCache(model.config, len(rows), max(r.positions_needed for r in requests), options.depth,
+                    options.kv_budget, model.dtype, model.device)
+    scheduler = Scheduler(Engine(model, cache, compile=options.compile), prefill_chunk=options.prefill_chunk)
+    for request in requests:
+        scheduler.submit(request)
+    hold = max((len(s) for s in options.stop), default=1) - 1  # streamed text that may still start a stop string
+    shown, first = 0, requests[0]
+    while not scheduler.idle:
+        scheduler.step()
+        end = len(first.text) - (0 if first.finished else hold)
         if end > shown:
-            yield rows[0].text[shown:end]
+            yield first.text[shown:end]
             shown = end
-        if all(row.finish_reason is not None for row in rows):
-            break
-    chunks.close()
+    first_tokens = max(r.first_token_time for r in requests)
     return GenerationResult(
-        tokens=[r.tokens for r in rows], iterations=[r.iterations for r in rows],
-        texts=[r.text for r in rows] if tokenizer is not None else None,
-        finish_reasons=[r.finish_reason or "length" for r in rows], prompt_tokens=int(valid.sum()),
-        prefill_seconds=prefill_seconds, total_seconds=time.perf_counter() - started,
-        cache_bytes=cache.nbytes, drafted=drafted, accepted=accepted,
+        tokens=[r.tokens for r in requests], iterations=[r.iterations for r in requests],
+        texts=[r.text for r in requests] if tokenizer is not None else None,
+        finish_reasons=[r.finish_reason for r in requests], prompt_tokens=sum(len(r) for r in rows),
+        prefill_seconds=first_tokens - started, total_seconds=time.perf_counter() - started,
+        cache_bytes=cache.nbytes, drafted=sum(r.drafted for r in requests),
+        accepted=sum(r.accepted for r in requests),
     )
-
-
-def _events(model: RecurrentDepthLM, prompt: Prompt, tokenizer, options: dict) -> Iterator[str]:
-    """`_run` with its options checked by name first, so that a misspelt one is named, not a TypeError."""
-    known = list(inspect.signature(_run).parameters)[3:]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"unknown generation option(s) {', '.join(unknown)}; the options are: {', '.join(known)}")
-    return _run(model, prompt, tokenizer, **options)
-
-
-def _extend(row: _Row, new: list[int], iterations: int, limit: int, stop_ids: set[int], stops: list[str]) -> None:
-    """Append a chunk's tokens to a row until a stop id, a stop string or the token limit ends it."""
-    for token in new:
-        row.tokens.append(token)
-        row.iterations.append(iterations)
-        is_stop = token in stop_ids
-        full = len(row.tokens) >= limit
-        if row.detokenizer is not None:
-            delta = row.detokenizer.flush() if is_stop else row.detokenizer.push(token, final=full)
-            row.text += delta
-            tail = len(row.text) - len(delta)  # only text that this token completed can hold a new match
-            hit = [i for s in stops if (i := row.text.find(s, max(0, tail - len(s) + 1))) >= 0]
-            if hit:
-                row.text = row.text[: min(hit)]
-                is_stop = True
-        if is_stop or full:
-            row.finish_reason = "stop" if is_stop else "length"
-            return
 
 
 def generate(model: RecurrentDepthLM, prompt: Prompt, tokenizer=None, **options) -> GenerationResult:
     """Generate continuations of `prompt` (text with a tokenizer, or ids: a list, lists, or a [B, L] tensor).
 
     Options: num_steps (core iterations per token; the maximum when `exit` is set), init_scale,
-    max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed,
-    exit ('kl:5e-4', an `exits` criterion, or None), kv_budget (core iterations kept per layer),
-    warm_start, stop (strings), stop_ids (default: the tokenizer's), draft_steps + lookahead
-    (self-speculative decoding), attention_mask (for a padded tensor prompt), compile (torch.compile the
-    per-token pieces: a one-off compile of ~50-80 s per model, then 3.4-3.9x faster decoding on a 2-core CPU).
+    max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed (each row's
+    own generator: a row gives the same tokens alone or in a batch), exit ('kl:5e-4', an `exits`
+    criterion, or None; it also decides the prompt's last token, which gives the first new token),
+    kv_budget (core iterations kept per layer), warm_start, stop (strings), stop_ids (default: the
+    tokenizer's), draft_steps + lookahead (self-speculative decoding), attention_mask (for a padded
+    tensor prompt), compile (torch.compile the per-token pieces: a one-off compile of ~50-80 s per model,
+    then several times faster decoding on a CPU), prefill_chunk (prompt tokens per forward; 1 runs every
+    prompt token as a decode step, under the kv_budget ring).
     """
-    events = _events(model, prompt, tokenizer, options)
+    events = _run(model, prompt, tokenizer, GenerateOptions.from_kwargs(options))
     while True:
         try:
             next(events)
@@ -417,4 +255,4 @@ def stream(model: RecurrentDepthLM, prompt: Prompt, tokenizer, **options) -> Tex
     """Like `generate`, but yields the text of the (first) prompt piece by piece; needs a tokenizer."""
     if tokenizer is None:
         raise ValueError("streaming yields text and needs a tokenizer; use generate() for token ids")
-    return TextStream(_events(model, prompt, tokenizer, options))
+    return TextStream(_run(model, prompt, tokenizer, GenerateOptions.from_kwargs(options)))

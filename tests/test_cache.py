@@ -33,14 +33,14 @@ def test_cached_decoding_equals_recomputation(model, num_steps):
     torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
 
 
-def test_padded_batch_equals_rows_alone(model):
+def test_rows_of_different_lengths_equal_rows_alone(model):
+    """Each row holds its own prompt at its own positions (nothing padded); decoding them together
+    gives what each gives alone."""
     rows = [sequence(9, 1)[0], sequence(4, 2)[0], sequence(6, 3)[0]]
-    width = 9
-    ids = torch.stack([F.pad(r, (width - len(r), 0), value=0) for r in rows])
-    valid = torch.stack([torch.arange(width) >= width - len(r) for r in rows])
     follow = sequence(15, 4).view(3, 5)  # the same 5 continuation tokens per row, fed one at a time
-    engine = Engine(model, KVCache(model.config, 3, width + 5, 4), init_scale=0.0)
-    batch = [engine.forward(ids, 4, valid).logits[:, -1:]]
+    engine = Engine(model, KVCache(model.config, 3, 9 + 5, 4), init_scale=0.0)
+    prompt_logits = [engine.forward(r[None], 4, rows=[b]).logits[0, -1:] for b, r in enumerate(rows)]
+    batch = [torch.stack(prompt_logits)]
     batch += [engine.forward(follow[:, i : i + 1], 4).logits for i in range(5)]
     batch = torch.cat(batch, 1)
     for b, row in enumerate(rows):
@@ -56,11 +56,12 @@ class DefinitionCache:
 
     def __init__(self, config, budget: int | None = None) -> None:
         self.config, self.budget, self.store, self.computed = config, budget, {}, []
-        self.length, self.active = 0, None
+        self.length = 0
 
-    def begin(self, valid, new_tokens):
+    def view(self, rows, new_tokens, full_width=False):  # one row: the view is the cache itself
         self.new = new_tokens
-        return torch.arange(self.length, self.length + new_tokens)[None]
+        self.positions = torch.arange(self.length, self.length + new_tokens)[None]
+        return self
 
     def attend(self, layer, step, q, k, v):
         core = self.config.n_prelude <= layer < self.config.n_prelude + self.config.n_core
@@ -82,8 +83,8 @@ class DefinitionCache:
         mask = torch.ones(self.new, n, dtype=torch.bool).tril(n - self.new)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
-    def commit(self, iterations, provisional=False):  # the definition keeps every iteration: nothing to fill
-        self.computed += [int(iterations)] * self.new
+    def commit(self, rows, new_tokens, iterations, provisional=False):  # it keeps every iteration: nothing to fill
+        self.computed += [int(iterations[0])] * self.new
         self.length += self.new
 
 
@@ -113,19 +114,26 @@ def test_budget_one_is_the_hand_checked_rule(model):
     engine.forward(ids[:, :1], 2)
     reads = {}
     cache = engine.cache
-    original = cache.attend
+    open_view = cache.view
 
-    def spy(layer, step, q, k, v):
-        keys = cache.slot(layer, step)[0][:, :, 0].clone()  # token 0's K before this call writes
-        reads.setdefault((layer, step), keys)
-        return original(layer, step, q, k, v)
+    def spied_view(*args, **kwargs):
+        view = open_view(*args, **kwargs)
+        original = view.attend
+
+        def spy(layer, step, q, k, v):
+            keys = cache.slot(layer, step)[0][:1, :, 0].clone()  # token 0's K before this call writes
+            reads.setdefault((layer, step), keys)
+            return original(layer, step, q, k, v)
+
+        view.attend = spy
+        return view
 
     stored = {}
     first = Engine(model, KVCache(model.config, 1, 1, 2), init_scale=0.0)
     first.forward(ids[:, :1], 2)
     for step in range(2):
-        stored[step] = first.cache.slot(model.config.n_prelude, step)[0][:, :, 0]
-    cache.attend = spy
+        stored[step] = first.cache.slot(model.config.n_prelude, step)[0][:1, :, 0]
+    cache.view = spied_view
     engine.forward(ids[:, 1:2], 2)
     core0 = model.config.n_prelude
     torch.testing.assert_close(reads[core0, 0], stored[1])  # iteration 0 reads token 0's LAST iteration
@@ -151,7 +159,7 @@ def test_memory_is_reported_and_scales():
     from latentloop.config import ModelConfig
 
     config = ModelConfig(hidden_size=64, num_heads=4, intermediate_size=96, vocab_size=64, context_length=64)
-    per_slot = 2 * 2 * 64 * 32 * 4  # K and V, batch 2, hidden 64, 32 positions, float32
+    per_slot = 2 * 3 * 64 * 32 * 4  # K and V, 2 rows + the scratch row, hidden 64, 32 positions, float32
     full = KVCache(config, 2, 32, 32)
     assert full.nbytes == (2 + 2 + 4 * 32) * per_slot
     assert KVCache(config, 2, 32, 16).nbytes == (2 + 2 + 4 * 16) * per_slot
@@ -159,6 +167,9 @@ def test_memory_is_reported_and_scales():
     assert shared.nbytes == (2 + 2 + 4) * per_slot
     assert shared.nbytes <= full.nbytes / 16
     assert KVCache(config, 2, 32, 32, kv_budget=4, dtype=torch.bfloat16).nbytes == (2 + 2 + 16) * per_slot // 2
+    assert full.bytes_per_token == (2 + 2 + 4 * 32) * 2 * 64 * 4 and shared.bytes_per_token == (2 + 2 + 4) * 2 * 64 * 4
+    sized = KVCache.for_memory(config, 10 * full.bytes_per_token * 32, 32, 32)  # 10 rows' worth: 9 and scratch
+    assert sized.rows == 9 and sized.nbytes <= 10 * full.bytes_per_token * 32
 
 
 def test_cache_rejects_bad_budget_and_length(model):
@@ -166,3 +177,5 @@ def test_cache_rejects_bad_budget_and_length(model):
         KVCache(model.config, 1, 8, 4, kv_budget=0)
     with pytest.raises(ValueError, match="context length"):
         KVCache(model.config, 1, model.config.context_length + 1, 4)
+    with pytest.raises(ValueError, match="too small for one row.*raise max_cache_bytes"):
+        KVCache.for_memory(model.config, 1000, 64, 4)

@@ -29,15 +29,14 @@ def converging():
 @pytest.mark.parametrize("spec", SPECS)
 def test_each_criterion_stops_early_and_respects_min_steps(converging, spec):
     free = generate(converging, PROMPT, num_steps=32, init_scale=0.0, max_new_tokens=6, exit=spec)
-    decoded = free.iterations[0][1:]  # the first token comes from the prefill at full depth
-    assert free.iterations[0][0] == 32
+    decoded = free.iterations[0]  # the first token too: the prompt's last token is decoded under the exit
     assert max(decoded) < 32, f"{spec} never exited early: {decoded}"
     floor = parse_exit(spec, min_steps=12)
     held = generate(converging, PROMPT, num_steps=32, init_scale=0.0, max_new_tokens=6, exit=floor)
-    assert all(12 <= n < 32 for n in held.iterations[0][1:]), held.iterations
+    assert all(12 <= n < 32 for n in held.iterations[0]), held.iterations
     capped = parse_exit(spec, max_steps=2)
     assert all(n <= 2 for n in generate(converging, PROMPT, num_steps=32, init_scale=0.0, max_new_tokens=4,
-                                        exit=capped).iterations[0][1:])
+                                        exit=capped).iterations[0])
 
 
 def rule_holds(spec: str, outputs: dict, depth: int, vocab: int, threshold: float) -> bool:
@@ -58,14 +57,15 @@ def rule_holds(spec: str, outputs: dict, depth: int, vocab: int, threshold: floa
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_exit_iteration_matches_the_rule(converging, spec):
-    """The second new token sees only full-depth past tokens, so an uncached sweep reproduces each iteration."""
+    """The first new token comes from the prompt's last token, decoded under the exit; its past (the rest
+    of the prompt) ran at full depth, so an uncached sweep over the prompt reproduces each iteration."""
     criterion = parse_exit(spec, min_steps=2)
-    result = generate(converging, PROMPT, num_steps=32, init_scale=0.0, max_new_tokens=2, exit=criterion)
-    ids = torch.tensor([PROMPT[0] + result.tokens[0][:1]])
+    result = generate(converging, PROMPT, num_steps=32, init_scale=0.0, max_new_tokens=1, exit=criterion)
+    ids = torch.tensor(PROMPT)
     outputs = converging.forward_depths(ids, list(range(1, 33)), init_scale=0.0)
     vocab = converging.config.vocab_size
     expected = next(d for d in range(2, 33) if rule_holds(spec, outputs, d, vocab, criterion.threshold))
-    assert result.iterations[0][1] == expected
+    assert result.iterations[0][0] == expected
 
 
 def test_parse_exit_specs_and_errors():

@@ -1,0 +1,319 @@
+"""The continuous-batching engine: every way of decoding goes through it.
+
+`Engine.forward` runs new tokens of some cache rows through prelude, core and coda. Each row has its
+own depth and exit criterion; rows that are done thinking leave the computed set (compaction), so a
+mixed batch costs what its rows need, not what the deepest row needs.
+
+`Scheduler.step` is one turn of the serving loop: admit waiting requests into free rows, prefill a
+chunk of each new prompt (all but its last token, so running rows keep decoding meanwhile), run one
+decode step over the running rows (the prompt's last token is the first one decoded, under the
+request's depth and exit), hand the new tokens to each request and retire the finished ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .cache import CacheView, KVCache
+from .exits import ExitCriterion
+from .model import Context, RecurrentDepthLM
+from .request import Request
+
+
+@dataclass
+class Forward:
+    logits: Tensor  # [B, S, V] float32
+    state: Tensor  # [B, S, h] final recurrent state (what warm start feeds to the next token)
+    iterations: Tensor  # [B] iterations each row ran
+
+
+def _per_row(value, batch: int) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value] * batch
+
+
+def _bucket(n: int) -> int:
+    """Compiled graphs are built for batch sizes 1, 2, 4, 8, ...: padding rows beat a graph per size."""
+    return 1 << (n - 1).bit_length()
+
+
+class Engine:
+    """A model and its row cache. With `compile=True`, every forward goes through the compiled pieces
+    (`compiled.py`) at batch sizes padded to a power of two; `compaction=False` runs every row of a
+    forward to its deepest row (for comparison)."""
+
+    def __init__(
+        self, model: RecurrentDepthLM, cache: KVCache, init_scale: float = 1.0,
+        generator: torch.Generator | None = None, compile: bool = False, compaction: bool = True,
+    ) -> None:
+        self.model, self.cache = model, cache
+        self.init_scale, self.generator = init_scale, generator
+        self.compaction = compaction
+        self.compiled = None
+        if compile:
+            from .compiled import compiled_steps  # inductor: imported only when asked for
+
+            self.compiled = compiled_steps(model)
+        self.core_rows = 0  # row-iterations the core computed: what compaction saves
+
+    @torch.inference_mode()
+    def forward(
+        self, ids: Tensor, num_steps: int | list[int], rows: list[int] | None = None,
+        exit: ExitCriterion | None | list[ExitCriterion | None] = None, state: Tensor | list | None = None,
+        provisional: bool = False, init_scale: float | list[float] | None = None,
+        generators: list[torch.Generator | None] | None = None,
+    ) -> Forward:
+        """Append `ids` [B, S] to cache rows `rows` (default 0..B-1). Depth, exit, initial state (`state`
+        [B, S, h], or a list with None for a random start), init scale and generator may differ per row.
+        `provisional` tokens are rewound before others read them (see `KVCache.commit`)."""
+        model, cache = self.model, self.cache
+        batch, length = ids.shape
+        rows = list(range(batch)) if rows is None else rows
+        criteria = _per_row(exit, batch)
+        depths = [(c.max_steps or n) if c is not None else n
+                  for c, n in zip(criteria, _per_row(num_steps, batch), strict=True)]
+        view = cache.view(rows, length, full_width=self.compiled is not None)
+        ids = ids.to(model.device)
+        run = self.compiled if self.compiled is not None else model
+        size = _bucket(batch) if self.compiled is not None else batch
+        if size > batch:  # padding rows copy row 0 and write to the scratch row
+            pad = size - batch
+            index = torch.tensor(list(range(batch)) + [0] * pad, device=ids.device)
+            view = view.subset(index, torch.arange(size, device=ids.device) < batch)
+            ids, depths, criteria = ids[index], depths + [depths[0]] * pad, criteria + [None] * pad
+        ctx = model.context(length, position_ids=view.positions, cache=view)
+        e = run.embed(ids, ctx)
+        x = self._initial_state(e, state, init_scale, generators, batch)
+        x, iterations = self._iterate(run, x, e, ctx, depths, criteria)
+        logits = run.decode(x, ctx)[1]
+        cache.commit(rows, length, iterations[:batch], provisional=provisional)
+        return Forward(logits[:batch], x[:batch], torch.tensor(iterations[:batch]))
+
+    def _initial_state(self, e: Tensor, state, init_scale, generators, batch: int) -> Tensor:
+        """Each row's own start: a given state, or noise from the row's generator (zeros at scale 0)."""
+        if isinstance(state, Tensor):
+            return torch.cat([state, state[:1].expand(e.shape[0] - batch, *state.shape[1:])]).to(e.dtype)
+        states = _per_row(state, batch)
+        scales = _per_row(self.init_scale if init_scale is None else init_scale, batch)
+        gens = generators or [self.generator] * batch
+        x = torch.zeros_like(e)
+        for i in range(batch):
+            if states[i] is not None:
+                x[i : i + 1] = states[i]
+            elif scales[i]:
+                x[i : i + 1] = self.model.initial_state(e[i : i + 1], scales[i], gens[i])
+        return x
+
+    def _iterate(self, run, x: Tensor, e: Tensor, ctx: Context, depths: list[int],
+                 criteria: list[ExitCriterion | None]) -> tuple[Tensor, list[int]]:
+        """Iterate each row to its depth or until its criterion fires (not before min_steps)."""
+        batch = x.shape[0]
+        if all(c is None for c in criteria) and len(set(depths)) == 1:
+            self.core_rows += batch * depths[0]
+            return run.recur(x, e, ctx, depths[0]), depths
+        vocab = self.model.config.vocab_size
+        updates = [c.begin(x[i : i + 1], vocab) if c is not None else None for i, c in enumerate(criteria)]
+        iterations, done = list(depths), [False] * batch
+        for step in range(max(depths)):
+            active = [i for i in range(batch) if not done[i]]
+            if not active:
+                break
+            x = self._core_step(run, x, e, ctx, step, active)
+            watched = [i for i in active if updates[i] is not None]
+            if watched:
+                logits = None
+                if any(criteria[i].needs_logits for i in watched):
+                    index, sub = self._select(ctx, watched, batch)
+                    logits = run.decode(x if index is None else x[index], sub)[1]
+                for n, i in enumerate(watched):
+                    converged = updates[i](x[i : i + 1], None if logits is None else logits[n : n + 1])
+                    if step + 1 >= criteria[i].min_steps and bool(converged):
+                        done[i], iterations[i] = True, step + 1
+            for i in active:
+                done[i] = done[i] or step + 1 >= depths[i]
+        return x, iterations
+
+    def _core_step(self, run, x: Tensor, e: Tensor, ctx: Context, step: int, active: list[int]) -> Tensor:
+        """One iteration for the rows in `active`: only they are computed (compaction), or all rows are
+        and the others keep their state and write nothing that is read (compaction off)."""
+        batch = x.shape[0]
+        if self.compaction or len(active) == batch:
+            index, sub = self._select(ctx, active, batch)
+            self.core_rows += len(active) if index is None else len(index)
+            if index is None:
+                return run.core_step(x, e, ctx, step)
+            out = run.core_step(x[index], e[index], sub, step)
+            return x.index_copy(0, index[: len(active)], out[: len(active)])
+        writes = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        writes[active] = True
+        every = torch.arange(batch, device=x.device)
+        sub = Context(rope=ctx.rope, cache=ctx.cache.subset(every, writes))
+        self.core_rows += batch
+        return torch.where(writes[:, None, None], run.core_step(x, e, sub, step), x)
+
+    def _select(self, ctx: Context, chosen: list[int], batch: int) -> tuple[Tensor | None, Context]:
+        """The batch entries `chosen` as index and context (None: all of them), padded to a compiled size."""
+        if len(chosen) == batch:
+            return None, ctx
+        size = _bucket(len(chosen)) if self.compiled is not None else len(chosen)
+        device = ctx.rope.device
+        index = torch.tensor(chosen + [chosen[0]] * (size - len(chosen)), device=device)
+        writes = None if size == len(chosen) else torch.arange(size, device=device) < len(chosen)
+        view: CacheView = ctx.cache
+        rope = ctx.rope[index] if ctx.rope.shape[0] > 1 else ctx.rope
+        return index, Context(rope=rope, cache=view.subset(index, writes))
+
+
+@dataclass
+class EngineStats:
+    prefill_tokens: int = 0
+    decode_steps: int = 0
+    generated_tokens: int = 0
+
+
+class Scheduler:
+    """Requests in, tokens out: a waiting queue, rows of the cache, one decode step at a time.
+
+    `prefill_chunk` bounds the prompt tokens one request prefills per step (None: the whole prompt)."""
+
+    def __init__(self, engine: Engine, prefill_chunk: int | None = None) -> None:
+        if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
+            raise ValueError(f"prefill_chunk must be a positive number of tokens (or None), got {prefill_chunk!r}")
+        self.engine, self.prefill_chunk = engine, prefill_chunk
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.stats = EngineStats()
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
+
+    def submit(self, request: Request) -> Request:
+        """Queue a request, after checking that it fits this engine; raises ValueError naming the problem."""
+        model, cache = self.engine.model, self.engine.cache
+        vocab, context = model.config.vocab_size, model.config.context_length
+        if min(request.prompt) < 0 or max(request.prompt) >= vocab:
+            raise ValueError(f"prompt token ids must lie in [0, {vocab}) (the model's vocabulary); got ids from "
+                             f"{min(request.prompt)} to {max(request.prompt)}: is this the model's tokenizer?")
+        if len(request.prompt) >= context:
+            raise ValueError(f"the prompt has {len(request.prompt)} tokens but the model's context length is "
+                             f"{context}; shorten the prompt (the answer needs room too)")
+        if request.positions_needed > min(context, cache.max_length):
+            room = min(context, cache.max_length)
+            raise ValueError(f"the prompt ({len(request.prompt)} tokens) plus max_new_tokens "
+                             f"({request.max_new_tokens}) need {request.positions_needed} positions, but "
+                             f"{'the model context' if context <= cache.max_length else 'a cache row'} holds "
+                             f"{room}; shorten the prompt or lower max_new_tokens")
+        if request.depth > cache.num_steps:
+            raise ValueError(f"num_steps {request.depth} is above this engine's maximum of {cache.num_steps} "
+                             "iterations per token; ask for fewer")
+        if request.draft_steps is not None:
+            from .speculative import check_speculative
+
+            check_speculative(request, cache)
+        self.waiting.append(request)
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """Stop a request (a client went away): its row is free for the next one."""
+        if request in self.waiting:
+            self.waiting.remove(request)
+        elif request in self.running:
+            self._retire(request)
+        if request.finish_reason is None:
+            request.finish_reason = "cancelled"
+            if request.on_tokens is not None:
+                request.on_tokens(request, [])
+
+    def step(self) -> list[Request]:
+        """Admit, prefill one chunk per new request, decode one step; returns the requests that finished."""
+        self._admit()
+        for request in [r for r in self.running if r.prefilled < len(r.prompt) - 1]:
+            self._prefill(request)
+        ready = [r for r in self.running if r.prefilled == len(r.prompt) - 1]
+        if ready:
+            self._decode(ready)
+        finished = [r for r in self.running if r.finished]
+        for request in finished:
+            self._retire(request)
+        return finished
+
+    def run(self) -> None:
+        while not self.idle:
+            self.step()
+
+    def _admit(self) -> None:
+        cache, device = self.engine.cache, self.engine.model.device
+        while self.waiting and cache.free_rows:
+            request = self.waiting.popleft()
+            request.row = cache.allocate()
+            if request.seed is not None:
+                request.generator = torch.Generator(device=device).manual_seed(request.seed)
+            if request.sampler.repetition_penalty != 1.0:
+                request.seen = torch.zeros(1, self.engine.model.config.vocab_size, dtype=torch.bool, device=device)
+                request.seen[0, request.prompt] = True
+            self.running.append(request)
+
+    def _retire(self, request: Request) -> None:
+        self.running.remove(request)
+        self.engine.cache.release(request.row)
+
+    def _prefill(self, request: Request) -> None:
+        """The next chunk of the prompt but its last token, at the request's num_steps."""
+        end = len(request.prompt) - 1
+        if self.prefill_chunk is not None:
+            end = min(end, request.prefilled + self.prefill_chunk)
+        ids = torch.tensor([request.prompt[request.prefilled : end]])
+        self.engine.forward(ids, request.num_steps, rows=[request.row], init_scale=request.init_scale,
+                            generators=[request.generator])
+        self.stats.prefill_tokens += end - request.prefilled
+        request.prefilled = end
+
+    def _decode(self, ready: list[Request]) -> None:
+        """One step for every ready request: plain rows in one forward, speculative rows by their kind."""
+        self.stats.decode_steps += 1
+        plain = [r for r in ready if r.draft_steps is None]
+        if plain:
+            self._plain_step(plain)
+        kinds: dict[tuple, list[Request]] = {}
+        for r in ready:
+            if r.draft_steps is not None:
+                kinds.setdefault((r.num_steps, r.draft_steps, r.lookahead), []).append(r)
+        if kinds:
+            from .speculative import speculative_step
+
+            for group in kinds.values():
+                for request, (tokens, iterations) in zip(group, speculative_step(self.engine, group), strict=True):
+                    self._deliver(request, tokens, iterations)
+
+    def _plain_step(self, requests: list[Request]) -> None:
+        ids = torch.tensor([[r.pending] for r in requests])
+        out = self.engine.forward(
+            ids, [r.num_steps for r in requests], rows=[r.row for r in requests], exit=[r.exit for r in requests],
+            state=[r.state for r in requests], init_scale=[r.init_scale for r in requests],
+            generators=[r.generator for r in requests])
+        logits, counts = out.logits[:, -1], out.iterations.tolist()
+        greedy = [i for i, r in enumerate(requests) if not r.sampler.do_sample and r.seen is None]
+        tokens = [0] * len(requests)
+        if greedy:
+            for i, token in zip(greedy, logits[greedy].argmax(-1).tolist(), strict=True):
+                tokens[i] = token
+        for i, r in enumerate(requests):
+            if i not in greedy:
+                tokens[i] = int(r.sampler(logits[i : i + 1], r.seen, r.generator))
+            if r.seen is not None:
+                r.seen[0, tokens[i]] = True
+            if r.warm_start:
+                r.state = out.state[i : i + 1, -1:]
+            self._deliver(r, [tokens[i]], [counts[i]])
+
+    def _deliver(self, request: Request, tokens: list[int], iterations: list[int]) -> None:
+        if request.first_token_time is None:
+            request.first_token_time = time.perf_counter()
+        before = len(request.tokens)
+        request.accept(tokens, iterations)
+        self.stats.generated_tokens += len(request.tokens) - before

@@ -1,7 +1,7 @@
 """A KV cache addressed by row: the running batch's slots for recurrent-depth decoding.
 
-The cache has `rows` row slots (the batch's capacity) plus one scratch row, and `max_length` positions
-per row. Every row has a length of its own: a request's K/V sit at positions 0.. of its row, so rows
+The cache has `rows` row slots (the batch's capacity) and `max_length` positions per row, plus one
+scratch column. Every row has a length of its own: a request's K/V sit at positions 0.. of its row, so rows
 join and leave the batch independently and nothing is ever padded. A freed row is reused by the next
 request as it is: positions past its length are never read.
 
@@ -12,7 +12,8 @@ iteration i reads, for each past token, the latest iteration that token computed
 
 One attention function (`attend_rows`) serves eager and compiled decoding: it writes a call's K/V at
 each row's positions and attends over that row's columns. Rows that take part in a call without
-writing (exited early, or padding of a compiled batch) write to the scratch row instead.
+writing (exited early, or padding of a compiled batch) write to the scratch column instead, which no
+query ever sees.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ from .config import ModelConfig
 
 
 def attend_rows(
-    keys: Tensor, values: Tensor, read_rows: Tensor, write_rows: Tensor, positions: Tensor, bias: Tensor,
-    q: Tensor, k: Tensor, v: Tensor, length: int | None = None,
+    keys: Tensor, values: Tensor, rows: Tensor, writes: Tensor, bias: Tensor, q: Tensor, k: Tensor, v: Tensor,
+    length: int | None = None,
 ) -> Tensor:
-    """Store k, v [B, H, S, D] at `positions` [B, S] of `write_rows` in keys/values [R, H, L, D], then
-    attend from q over the first `length` columns (all when None) of `read_rows`; `bias` [B, 1, S, L']
+    """Store k, v [B, H, S, D] at columns `writes` [B, S] of `rows` [B] in keys/values [R, H, L + 1, D],
+    then attend from q over the first `length` columns (all when None) of those rows; `bias` [B, 1, S, L']
     is 0 where a query may look and -inf elsewhere."""
-    keys[write_rows[:, None], :, positions] = k.transpose(1, 2)
-    values[write_rows[:, None], :, positions] = v.transpose(1, 2)
+    keys[rows[:, None], :, writes] = k.transpose(1, 2)
+    values[rows[:, None], :, writes] = v.transpose(1, 2)
     if length is not None:
         keys, values = keys[:, :, :length], values[:, :, :length]
-    past_k, past_v = keys.index_select(0, read_rows), values.index_select(0, read_rows)
+    past_k, past_v = keys.index_select(0, rows), values.index_select(0, rows)
     if q.shape[2] > 1 or not torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, past_k, past_v, attn_mask=bias)
     # compiled, one token: products and sums, which inductor fuses with the row gather into one pass over K and V
@@ -51,31 +52,27 @@ class Slots:
     """The K/V tensors of a run of layers at one iteration, plus the call's rows and positions: only
     tensors, so that one compiled graph serves every token, iteration and row set."""
 
-    keys: list[Tensor]  # [R, H, L, D] per layer, from first_layer on
+    keys: list[Tensor]  # [R, H, L + 1, D] per layer, from first_layer on
     values: list[Tensor]
-    read_rows: Tensor  # [B]
-    write_rows: Tensor  # [B]
-    positions: Tensor  # [B, S]
-    bias: Tensor  # [B, 1, S, L]
+    rows: Tensor  # [B]
+    writes: Tensor  # [B, S] the columns this call's K/V go to
+    bias: Tensor  # [B, 1, S, L + 1]
     first_layer: int
 
     def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         i = layer - self.first_layer
-        return attend_rows(self.keys[i], self.values[i], self.read_rows, self.write_rows, self.positions,
-                           self.bias, q, k, v)
+        return attend_rows(self.keys[i], self.values[i], self.rows, self.writes, self.bias, q, k, v)
 
 
 class CacheView:
     """One forward's view of the cache: which rows take part, where their new tokens go, the mask.
     The model calls `attend`; compiled graphs take `slots(...)`."""
 
-    def __init__(self, cache: KVCache, rows: Tensor, positions: Tensor, write_rows: Tensor | None = None,
-                 full_width: bool = False) -> None:
-        self.cache, self.rows, self.positions = cache, rows, positions
-        self.write_rows = rows if write_rows is None else write_rows
+    def __init__(self, cache: KVCache, rows: Tensor, positions: Tensor, full_width: bool = False) -> None:
+        self.cache, self.rows, self.positions, self.writes = cache, rows, positions, positions
         # eager attends over the columns in use; compiled graphs over all of them (one shape for every length)
         self.length = None if full_width else int(positions.max()) + 1
-        width = cache.max_length if full_width else self.length
+        width = cache.max_length + 1 if full_width else self.length
         column = torch.arange(width, device=positions.device)
         hidden = column[None, None, :] > positions[:, :, None]  # [B, S, L]: later tokens, unwritten columns
         self.bias = torch.zeros(hidden.shape, dtype=cache.dtype, device=positions.device).masked_fill_(
@@ -83,23 +80,22 @@ class CacheView:
 
     def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         keys, values = self.cache.slot(layer, step)
-        return attend_rows(keys, values, self.rows, self.write_rows, self.positions, self.bias, q, k, v, self.length)
+        return attend_rows(keys, values, self.rows, self.writes, self.bias, q, k, v, self.length)
 
     def subset(self, index: Tensor, writes: Tensor | None = None) -> CacheView:
         """The view of the batch entries `index` (compaction); `writes` [len(index)] bool: False entries
-        write to the scratch row."""
+        write to the scratch column."""
         view = object.__new__(CacheView)
         view.cache, view.length = self.cache, self.length
         view.rows, view.positions, view.bias = self.rows[index], self.positions[index], self.bias[index]
-        view.write_rows = self.write_rows[index]
+        view.writes = self.writes[index]
         if writes is not None:
-            view.write_rows = torch.where(writes, view.write_rows, self.cache.scratch)
+            view.writes = torch.where(writes[:, None], view.writes, self.cache.max_length)
         return view
 
     def slots(self, first_layer: int, n_layers: int, step: int) -> Slots:
         pairs = [self.cache.slot(layer, step) for layer in range(first_layer, first_layer + n_layers)]
-        return Slots([k for k, _ in pairs], [v for _, v in pairs], self.rows, self.write_rows, self.positions,
-                     self.bias, first_layer)
+        return Slots([k for k, _ in pairs], [v for _, v in pairs], self.rows, self.writes, self.bias, first_layer)
 
 
 class KVCache:
@@ -120,13 +116,12 @@ class KVCache:
         self.core_slots = core_slots(num_steps, kv_budget)
         self.core_begin, self.coda_begin = config.n_prelude, config.n_prelude + config.n_core
         n_layers = self.coda_begin + config.n_coda
-        shape = (rows + 1, config.num_heads, max_length, config.head_dim)  # the last row is scratch
+        shape = (rows, config.num_heads, max_length + 1, config.head_dim)  # the last column is scratch
         slots = [self.core_slots if self.core_begin <= i < self.coda_begin else 1 for i in range(n_layers)]
         self.keys = [[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)] for n in slots]
         self.values = [[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)] for n in slots]
         self.lengths = [0] * rows  # positions holding committed tokens, per row
-        self.iterations = torch.zeros(rows + 1, max_length, dtype=torch.int32, device=device)
-        self.scratch = rows
+        self.iterations = torch.zeros(rows, max_length, dtype=torch.int32, device=device)
         self._free = list(range(rows - 1, -1, -1))  # popped from the end: row 0 first
 
     @classmethod
@@ -135,18 +130,18 @@ class KVCache:
         kv_budget: int | None = None, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
         max_rows: int | None = None,
     ) -> KVCache:
-        """As many rows as `max_cache_bytes` holds (scratch row included), at most `max_rows`."""
-        per_row = bytes_per_token(config, num_steps, kv_budget, dtype) * max_length
-        rows = max_cache_bytes // per_row - 1
+        """As many rows as `max_cache_bytes` holds, at most `max_rows`."""
+        per_row = bytes_per_token(config, num_steps, kv_budget, dtype) * (max_length + 1)  # + the scratch column
+        rows = max_cache_bytes // per_row
         if rows < 1:
             raise ValueError(f"a cache budget of {max_cache_bytes / 2**20:.1f} MiB is too small for one row of "
-                             f"{max_length} positions ({2 * per_row / 2**20:.1f} MiB with the scratch row): raise "
-                             "max_cache_bytes, shorten max_length or set a kv_budget")
+                             f"{max_length} positions ({per_row / 2**20:.1f} MiB): raise max_cache_bytes, "
+                             "shorten max_length or set a kv_budget")
         return cls(config, min(rows, max_rows or rows), max_length, num_steps, kv_budget, dtype, device)
 
     @property
     def rows(self) -> int:
-        return self.scratch
+        return len(self.lengths)
 
     @property
     def max_length(self) -> int:

@@ -80,7 +80,7 @@ class Engine:
         ids = ids.to(model.device)
         run = self.compiled if self.compiled is not None else model
         size = _bucket(batch) if self.compiled is not None else batch
-        if size > batch:  # padding rows copy row 0 and write to the scratch row
+        if size > batch:  # padding rows copy row 0 and write to the scratch column
             pad = size - batch
             index = torch.tensor(list(range(batch)) + [0] * pad, device=ids.device)
             view = view.subset(index, torch.arange(size, device=ids.device) < batch)
@@ -139,7 +139,7 @@ class Engine:
 
     def _core_step(self, run, x: Tensor, e: Tensor, ctx: Context, step: int, active: list[int]) -> Tensor:
         """One iteration for the rows in `active`: only they are computed (compaction), or all rows are
-        and the others keep their state and write nothing that is read (compaction off)."""
+        and the others keep their state and write to the scratch column (compaction off)."""
         batch = x.shape[0]
         if self.compaction or len(active) == batch:
             index, sub = self._select(ctx, active, batch)

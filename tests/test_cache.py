@@ -159,7 +159,7 @@ def test_memory_is_reported_and_scales():
     from latentloop.config import ModelConfig
 
     config = ModelConfig(hidden_size=64, num_heads=4, intermediate_size=96, vocab_size=64, context_length=64)
-    per_slot = 2 * 3 * 64 * 32 * 4  # K and V, 2 rows + the scratch row, hidden 64, 32 positions, float32
+    per_slot = 2 * 2 * 64 * 33 * 4  # K and V, 2 rows, hidden 64, 32 positions + the scratch column, float32
     full = KVCache(config, 2, 32, 32)
     assert full.nbytes == (2 + 2 + 4 * 32) * per_slot
     assert KVCache(config, 2, 32, 16).nbytes == (2 + 2 + 4 * 16) * per_slot
@@ -168,8 +168,8 @@ def test_memory_is_reported_and_scales():
     assert shared.nbytes <= full.nbytes / 16
     assert KVCache(config, 2, 32, 32, kv_budget=4, dtype=torch.bfloat16).nbytes == (2 + 2 + 16) * per_slot // 2
     assert full.bytes_per_token == (2 + 2 + 4 * 32) * 2 * 64 * 4 and shared.bytes_per_token == (2 + 2 + 4) * 2 * 64 * 4
-    sized = KVCache.for_memory(config, 10 * full.bytes_per_token * 32, 32, 32)  # 10 rows' worth: 9 and scratch
-    assert sized.rows == 9 and sized.nbytes <= 10 * full.bytes_per_token * 32
+    sized = KVCache.for_memory(config, 10 * full.bytes_per_token * 33 + 1000, 32, 32)  # 10 rows and a bit
+    assert sized.rows == 10 and sized.nbytes <= 10 * full.bytes_per_token * 33 + 1000
 
 
 def test_cache_rejects_bad_budget_and_length(model):

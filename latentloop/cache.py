@@ -179,29 +179,40 @@ class KVCache:
         index = step % self.core_slots if self.core_begin <= layer < self.coda_begin else 0
         return self.keys[layer][index], self.values[layer][index]
 
-    def view(self, rows: list[int], new_tokens: int, full_width: bool = False) -> CacheView:
-        """Open `new_tokens` positions after each row's length for one forward."""
-        ends = [self.lengths[r] + new_tokens for r in rows]
+    def view(self, rows: list[int], new_tokens: int | list[int], full_width: bool = False) -> CacheView:
+        """Open positions after each row's length for one forward: `new_tokens` for every row, or a count
+        per row (rows with fewer than the call's width are padded on the right; the padding writes to the
+        scratch column and is never read)."""
+        counts = new_tokens if isinstance(new_tokens, list) else [new_tokens] * len(rows)
+        ends = [self.lengths[r] + n for r, n in zip(rows, counts, strict=True)]
         if max(ends) > self.max_length:
             raise ValueError(f"a KV cache row holds {self.max_length} positions; {max(ends)} requested")
         device = self.iterations.device
         starts = torch.tensor([self.lengths[r] for r in rows], device=device)
-        positions = starts[:, None] + torch.arange(new_tokens, device=device)
-        return CacheView(self, torch.tensor(rows, device=device), positions, full_width=full_width)
+        columns = torch.arange(max(counts), device=device)
+        real = columns < torch.tensor(counts, device=device)[:, None]
+        positions = starts[:, None] + torch.minimum(columns, torch.tensor(counts, device=device)[:, None] - 1)
+        view = CacheView(self, torch.tensor(rows, device=device), positions, full_width=full_width)
+        if not bool(real.all()):
+            view.writes = torch.where(real, positions, self.max_length)
+        return view
 
-    def commit(self, rows: list[int], new_tokens: int, iterations: list[int], provisional: bool = False) -> None:
+    def commit(self, rows: list[int], new_tokens: int | list[int], iterations: list[int],
+               provisional: bool = False) -> None:
         """Close the positions a forward opened; `iterations[i]` is how many iterations row i ran.
         `provisional` tokens (speculative drafts) are rewound before any token reads an iteration they
         skipped, so those slots are left unfilled (the fill costs about what the draft's own forward does)."""
-        short = []
-        for row, count in zip(rows, iterations, strict=True):
+        counts = new_tokens if isinstance(new_tokens, list) else [new_tokens] * len(rows)
+        short: dict[int, list[tuple[int, int, int]]] = {}  # by tokens written
+        for row, n, count in zip(rows, counts, iterations, strict=True):
             start = self.lengths[row]
-            self.iterations[row, start : start + new_tokens] = count
+            self.iterations[row, start : start + n] = count
             if count < self.core_slots:
-                short.append((row, start, count))
-            self.lengths[row] = start + new_tokens
-        if short and not provisional:
-            self._fill_unwritten(short, new_tokens)
+                short.setdefault(n, []).append((row, start, count))
+            self.lengths[row] = start + n
+        if not provisional:
+            for n, group in short.items():
+                self._fill_unwritten(group, n)
 
     def _fill_unwritten(self, short: list[tuple[int, int, int]], new_tokens: int) -> None:
         """Slots a row never wrote (it exited early) get that row's last computed iteration."""

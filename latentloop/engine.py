@@ -65,18 +65,20 @@ class Engine:
         self, ids: Tensor, num_steps: int | list[int], rows: list[int] | None = None,
         exit: ExitCriterion | None | list[ExitCriterion | None] = None, state: Tensor | list | None = None,
         provisional: bool = False, init_scale: float | list[float] | None = None,
-        generators: list[torch.Generator | None] | None = None,
+        generators: list[torch.Generator | None] | None = None, lengths: list[int] | None = None,
     ) -> Forward:
-        """Append `ids` [B, S] to cache rows `rows` (default 0..B-1). Depth, exit, initial state (`state`
-        [B, S, h], or a list with None for a random start), init scale and generator may differ per row.
-        `provisional` tokens are rewound before others read them (see `KVCache.commit`)."""
+        """Append `ids` [B, S] to cache rows `rows` (default 0..B-1); with `lengths`, row i holds only its
+        first lengths[i] tokens (right padding: several prompts prefilled in one forward). Depth, exit,
+        initial state (`state` [B, S, h], or a list with None for a random start), init scale and generator
+        may differ per row. `provisional` tokens are rewound before others read them (`KVCache.commit`)."""
         model, cache = self.model, self.cache
         batch, length = ids.shape
         rows = list(range(batch)) if rows is None else rows
         criteria = _per_row(exit, batch)
         depths = [(c.max_steps or n) if c is not None else n
                   for c, n in zip(criteria, _per_row(num_steps, batch), strict=True)]
-        view = cache.view(rows, length, full_width=self.compiled is not None)
+        counts = lengths or [length] * batch
+        view = cache.view(rows, counts, full_width=self.compiled is not None)
         ids = ids.to(model.device)
         run = self.compiled if self.compiled is not None else model
         size = _bucket(batch) if self.compiled is not None else batch
@@ -87,14 +89,16 @@ class Engine:
             ids, depths, criteria = ids[index], depths + [depths[0]] * pad, criteria + [None] * pad
         ctx = model.context(length, position_ids=view.positions, cache=view)
         e = run.embed(ids, ctx)
-        x = self._initial_state(e, state, init_scale, generators, batch)
+        x = self._initial_state(e, state, init_scale, generators, counts)
         x, iterations = self._iterate(run, x, e, ctx, depths, criteria)
         logits = run.decode(x, ctx)[1]
-        cache.commit(rows, length, iterations[:batch], provisional=provisional)
+        cache.commit(rows, counts, iterations[:batch], provisional=provisional)
         return Forward(logits[:batch], x[:batch], torch.tensor(iterations[:batch]))
 
-    def _initial_state(self, e: Tensor, state, init_scale, generators, batch: int) -> Tensor:
-        """Each row's own start: a given state, or noise from the row's generator (zeros at scale 0)."""
+    def _initial_state(self, e: Tensor, state, init_scale, generators, counts: list[int]) -> Tensor:
+        """Each row's own start: a given state, or noise from the row's generator for its `counts[i]` real
+        tokens (zeros at scale 0), so that a row draws the same noise alone or in any batch."""
+        batch = len(counts)
         if isinstance(state, Tensor):
             return torch.cat([state, state[:1].expand(e.shape[0] - batch, *state.shape[1:])]).to(e.dtype)
         states = _per_row(state, batch)
@@ -105,7 +109,7 @@ class Engine:
             if states[i] is not None:
                 x[i : i + 1] = states[i]
             elif scales[i]:
-                x[i : i + 1] = self.model.initial_state(e[i : i + 1], scales[i], gens[i])
+                x[i : i + 1, : counts[i]] = self.model.initial_state(e[i : i + 1, : counts[i]], scales[i], gens[i])
         return x
 
     def _iterate(self, run, x: Tensor, e: Tensor, ctx: Context, depths: list[int],
@@ -232,8 +236,9 @@ class Scheduler:
     def step(self) -> list[Request]:
         """Admit, prefill one chunk per new request, decode one step; returns the requests that finished."""
         self._admit()
-        for request in [r for r in self.running if r.prefilled < len(r.prompt) - 1]:
-            self._prefill(request)
+        prefilling = [r for r in self.running if r.prefilled < len(r.prompt) - 1]
+        if prefilling:
+            self._prefill(prefilling)
         ready = [r for r in self.running if r.prefilled == len(r.prompt) - 1]
         if ready:
             self._decode(ready)
@@ -262,16 +267,21 @@ class Scheduler:
         self.running.remove(request)
         self.engine.cache.release(request.row)
 
-    def _prefill(self, request: Request) -> None:
-        """The next chunk of the prompt but its last token, at the request's num_steps."""
-        end = len(request.prompt) - 1
-        if self.prefill_chunk is not None:
-            end = min(end, request.prefilled + self.prefill_chunk)
-        ids = torch.tensor([request.prompt[request.prefilled : end]])
-        self.engine.forward(ids, request.num_steps, rows=[request.row], init_scale=request.init_scale,
-                            generators=[request.generator])
-        self.stats.prefill_tokens += end - request.prefilled
-        request.prefilled = end
+    def _prefill(self, requests: list[Request]) -> None:
+        """The next chunk of each prompt but its last token, at each request's num_steps, in one forward."""
+        chunks = []
+        for r in requests:
+            end = len(r.prompt) - 1 if self.prefill_chunk is None else min(len(r.prompt) - 1,
+                                                                             r.prefilled + self.prefill_chunk)
+            chunks.append(r.prompt[r.prefilled : end])
+        width = max(len(c) for c in chunks)
+        ids = torch.tensor([c + [0] * (width - len(c)) for c in chunks])
+        self.engine.forward(ids, [r.num_steps for r in requests], rows=[r.row for r in requests],
+                            init_scale=[r.init_scale for r in requests], generators=[r.generator for r in requests],
+                            lengths=[len(c) for c in chunks])
+        for r, chunk in zip(requests, chunks, strict=True):
+            r.prefilled += len(chunk)
+            self.stats.prefill_tokens += len(chunk)
 
     def _decode(self, ready: list[Request]) -> None:
         """One step for every ready request: plain rows in one forward, speculative rows by their kind."""

@@ -59,8 +59,8 @@ class DefinitionCache:
         self.length = 0
 
     def view(self, rows, new_tokens, full_width=False):  # one row: the view is the cache itself
-        self.new = new_tokens
-        self.positions = torch.arange(self.length, self.length + new_tokens)[None]
+        (self.new,) = new_tokens
+        self.positions = torch.arange(self.length, self.length + self.new)[None]
         return self
 
     def attend(self, layer, step, q, k, v):

@@ -112,9 +112,9 @@ def test_compaction_computes_only_the_rows_still_thinking(model):
         s.run()
         outputs[compaction] = ([r.tokens for r in requests], s.engine.core_rows)
     assert outputs[True][0] == outputs[False][0]
-    # row-iterations: each prompt prefilled alone at its depth, then 4 decode steps of the 4 rows together
-    assert outputs[True][1] == sum(depths) + 4 * sum(depths)
-    assert outputs[False][1] == sum(depths) + 4 * len(depths) * max(depths)
+    # row-iterations: the 4 prompts prefilled together, each to its depth, then 4 decode steps of the 4 rows
+    assert outputs[True][1] == 5 * sum(depths)
+    assert outputs[False][1] == 5 * len(depths) * max(depths)
     exits = [KL(1e9, min_steps=1), KL(1e9, min_steps=3), None]  # an absurd threshold exits at min_steps
     s = scheduler(model, 3)
     for criterion in exits:

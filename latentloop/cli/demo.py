@@ -10,8 +10,10 @@ from pathlib import Path
 DESCRIPTION = """Evaluate a model trained on a latentloop reasoning task (default: the bundled one) at
 1, 2, 4, ... 64 iterations on held-out problems from the training distribution and on harder
 ones; compare with the same-size non-recurrent baseline; decode with KL early exit and with a
-4-iteration KV budget against fixed depth 32; show one problem whose answer changes as the model
-iterates; write a PNG plot of accuracy against iterations.
+4-iteration KV budget against fixed depth 32 (every prompt token decoded through the budgeted cache,
+the answer token under the exit criterion), with two controls that must lose accuracy where the model
+needs depth (an exit after one iteration, a 1-iteration budget); show one problem whose answer changes
+as the model iterates; write a PNG plot of accuracy against iterations.
 
 examples:
   latentloop demo
@@ -22,6 +24,7 @@ examples:
 
 DEPTHS = [1, 2, 4, 8, 16, 32, 64]
 SPLITS = {"validation": "in-distribution", "test": "harder"}
+CONTROL_EXIT = "kl:1e9"  # a threshold every iteration meets: the answer token exits after min_steps (1)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +62,7 @@ def measure(args: argparse.Namespace) -> dict:
     figures: dict = {"model": str(args.model), "task": task.name, "problems_per_split": args.limit,
                      "accuracy": {}, "baseline": None}
     correct = {}
-    with tqdm(total=len(SPLITS) + 4, desc="demo", disable=args.json, leave=False) as bar:
+    with tqdm(total=len(SPLITS) + 6, desc="demo", disable=args.json, leave=False) as bar:
         for split, label in SPLITS.items():
             correct[split] = depth_correct(model, task, problems[split], DEPTHS)
             figures["accuracy"][label] = {d: float(c.float().mean()) for d, c in correct[split].items()}
@@ -74,12 +77,19 @@ def measure(args: argparse.Namespace) -> dict:
         bar.update()
         adaptive = generation_accuracy(model, task, val, num_steps=args.steps, exit=args.exit)
         bar.update()
-        budget = generation_accuracy(model, task, val, num_steps=args.steps, kv_budget=args.kv_budget)
+        # prefill_chunk=1: every prompt token reads the ring as a decoded token would, not the exact prompt pass
+        budget = generation_accuracy(model, task, val, num_steps=args.steps, kv_budget=args.kv_budget,
+                                     prefill_chunk=1)
+        bar.update()
+        no_thinking = generation_accuracy(model, task, val, num_steps=args.steps, exit=CONTROL_EXIT)
+        bar.update()
+        one_slot = generation_accuracy(model, task, val, num_steps=args.steps, kv_budget=1, prefill_chunk=1)
         bar.update()
     figures["generation"] = {
         f"fixed_{args.steps}": fixed,
         "exit": {"criterion": args.exit, **adaptive},
         "kv_budget": {"budget": args.kv_budget, **budget},
+        "controls": {"exit": {"criterion": CONTROL_EXIT, **no_thinking}, "kv_budget": {"budget": 1, **one_slot}},
     }
     # The problem that stays wrong for the most depths before the model, thinking longer, gets it right.
     hits = correct["validation"]
@@ -133,11 +143,14 @@ def report(figures: dict) -> str:
     gen = figures["generation"]
     fixed_key = next(k for k in gen if k.startswith("fixed_"))
     lines += ["", "cached greedy decoding, in-distribution:"]
-    lines.append(f"  {fixed_key.replace('_', ' '):<24}{100 * gen[fixed_key]['accuracy']:6.1f} %   "
-                 f"{gen[fixed_key]['mean_iterations']:5.1f} iterations/token")
-    lines.append(f"  {'exit ' + gen['exit']['criterion']:<24}{100 * gen['exit']['accuracy']:6.1f} %   "
-                 f"{gen['exit']['mean_iterations']:5.1f} iterations/token")
-    lines.append(f"  {'kv budget ' + str(gen['kv_budget']['budget']):<24}{100 * gen['kv_budget']['accuracy']:6.1f} %")
+    rows = [(fixed_key.replace("_", " "), gen[fixed_key]), ("exit " + gen["exit"]["criterion"], gen["exit"]),
+            (f"kv budget {gen['kv_budget']['budget']}", gen["kv_budget"])]
+    controls = gen["controls"]
+    rows += [(f"control: exit {controls['exit']['criterion']}", controls["exit"]),
+             (f"control: kv budget {controls['kv_budget']['budget']}", controls["kv_budget"])]
+    for name, entry in rows:
+        lines.append(f"  {name:<28}{100 * entry['accuracy']:6.1f} %   "
+                     f"{entry['scored_mean_iterations']:5.1f} iterations per answer token")
     ex = figures["example"]
     lines += ["", f"thinking longer: {ex['prompt']}  (answer {ex['answer']})"]
     lines += [f"  {d:>3} iterations -> {a!r}" for d, a in ex["by_iterations"].items()]

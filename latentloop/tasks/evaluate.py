@@ -72,8 +72,12 @@ def generate_answers(model: RecurrentDepthLM, task: ReasoningTask, problems: lis
 
 def generation_accuracy(model: RecurrentDepthLM, task: ReasoningTask, problems: list[Problem],
                         **options) -> dict[str, float]:
-    """Exact-match accuracy of cached greedy generation, and the mean core iterations per new token."""
+    """Exact-match accuracy of cached greedy generation; the mean core iterations per new token, and per
+    scored token (the answer's, without the stop token: those the accuracy is measured on)."""
     answers, iterations = generate_answers(model, task, problems, **options)
     counts = [n for row in iterations for n in row]
+    scored = [n for answer, row in zip(answers, iterations, strict=True)
+              for n in row[: len(task.tokenizer.encode(answer))]]
     return {"accuracy": sum(exact_match(answers, problems)) / len(problems),
-            "mean_iterations": sum(counts) / len(counts)}
+            "mean_iterations": sum(counts) / len(counts),
+            "scored_mean_iterations": sum(scored) / len(scored) if scored else 0.0}

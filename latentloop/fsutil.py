@@ -80,15 +80,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def _clean_stray_files(path: Path) -> None:
-    """Temporary files of `path` left by killed writers (`.NAME.PID-XXXX.tmp` of a dead PID)."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-[^/]*\.tmp$")
+    """Temporary files of `path` left by killed writers: `.NAME.PID-XXXX.tmp` of a dead PID, and
+    `.NAME.XXXXXXXX.tmp` (no pid) from earlier versions."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)-[^/]*|[a-z0-9_]{{8}})\.tmp$")
     try:
         entries = list(path.parent.iterdir())
     except OSError:
         return
     for entry in entries:
         match = pattern.match(entry.name)
-        if match and not pid_alive(int(match.group(1))) and entry.is_file():
+        if match and (match.group(1) is None or not pid_alive(int(match.group(1)))) and entry.is_file():
             entry.unlink(missing_ok=True)
 
 

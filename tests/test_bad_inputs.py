@@ -433,3 +433,39 @@ def test_real_processes_print_no_traceback(name, argv, tiny_model_dir, tmp_path,
     lines = visible_lines(proc.stderr)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith(f"latentloop {command[0]}"), proc.stderr
+
+
+# --- what used to be silently wrong and is now honoured --------------------------------------------------
+def test_finetune_flags_win_over_the_recipe(tiny_model_dir, tmp_path, capsys):
+    recipe = tmp_path / "ft.toml"
+    recipe.write_text('device = "cpu"\n[train]\nsteps = 50\npeak_flops = 1e9\nval_every = 50\nlog_every = 1\n'
+                      'val_depths = [1]\n[optim]\nlr = 1e-3\n[data]\nbatch_size = 2\nval_batches = 1\n')
+    ctx = Ctx(tmp_path, tiny_model_dir, None)
+    assert main(["finetune", str(tiny_model_dir), str(ctx.chat(*[ctx.chat().read_text().splitlines()[0]] * 30)),
+                 "--recipe", str(recipe), "--out", str(tmp_path / "ft"), "--steps", "1", "--lr", "1e-9",
+                 "--no-progress"]) == 0
+    ran = json.loads((tmp_path / "ft" / "recipe.json").read_text())
+    assert ran["train"]["steps"] == 1 and ran["optim"]["lr"] == 1e-9
+    records = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1]
+    assert max(r["lr"] for r in records if r["kind"] == "train") <= 1e-9
+    capsys.readouterr()
+
+
+def test_greedy_cli_runs_repeat_despite_the_random_initial_latent(tiny_model_dir, capsys):
+    argv = ["generate", str(tiny_model_dir), "ROMEO:", "--steps", "2", "--max-new-tokens", "8"]  # init-scale 1
+    outputs = []
+    for _ in range(2):
+        assert main(argv) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    assert main([*argv, "--seed", "0"]) == 0 and capsys.readouterr().out == outputs[0]
+
+
+def test_inspect_memory_estimate_grows_with_samples():
+    from latentloop.analysis.inspect import estimate_bytes
+    from latentloop.config import get_preset
+
+    huginn = get_preset("huginn-0125")
+    small, large = (estimate_bytes(huginn, 16, 32, n)["path_independence"] for n in (8, 100_000))
+    assert large == small * 12_500 and large > 2**40  # 100000 samples of 65536-token logits: terabytes

@@ -77,9 +77,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--fewshot must be >= 0, got {args.fewshot}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    for path in [args.data] * bool(args.data) + list(args.task):
-        if not Path(path).exists():
-            raise FileNotFoundError(f"no such file or directory: {path}")
     check_out_dir(args.out)
     args.device = check_device(args.device)
 

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from . import check_out_dir
 
     if not Path(args.data).is_file():
-        raise FileNotFoundError(f"no chat data file {args.data} (JSONL with a 'messages' list per line)")
+        raise FileNotFoundError(f"no chat data file {args.data} (data.path: JSONL with a 'messages' list per line)")
     check_out_dir(args.out)
     base = read_file(args.recipe) if args.recipe else {}
     for section in ("train", "optim", "schedule"):

@@ -10,13 +10,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import ConfigError, ModelConfig
-from .fsutil import atomic_directory, atomic_write_text
+from .fsutil import atomic_directory, atomic_write_text, read_json, recover_directory
 from .model import RecurrentDepthLM
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 IGNORED_TENSORS = {"freqs_cis"}  # the published RoPE table; recomputed in float32
-SIDE_FILES = ("tokenizer*.json", "special_tokens_map.json", "generation_config.json", "*.md", "*.txt")
+# The files a save writes; a new save replaces them all (stale shards of an earlier sharded save go too)
+# and keeps everything else in the directory (a tokenizer, a README, a run's checkpoints/ and metrics).
+MODEL_FILES = ("config.json", WEIGHTS_NAME, INDEX_NAME, "model-*-of-*.safetensors")
 BUNDLED = Path(__file__).parent / "assets"
 
 
@@ -27,6 +29,8 @@ class CheckpointError(ValueError):
 def resolve_model_dir(name_or_path: str | Path) -> Path:
     """Map a directory, the bundled name 'default', or a hub id ('org/name') to a local directory."""
     name = str(name_or_path)
+    if name != "default":
+        recover_directory(Path(name).expanduser())  # a save killed between its renames: finish or roll back
     bundled = BUNDLED / name
     if name == "default" or (bundled / "config.json").is_file():
         if not (bundled / "config.json").is_file():
@@ -72,7 +76,14 @@ def load_config(directory: str | Path) -> ModelConfig:
 def _weight_files(directory: Path) -> list[Path]:
     index = directory / INDEX_NAME
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            data = read_json(index)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index} has no 'weight_map' object of tensor name -> shard file; "
+                                  "re-save the checkpoint or delete the index to load model.safetensors")
         files = [directory / f for f in sorted(set(weight_map.values()))]
         absent = [f.name for f in files if not f.is_file()]
         if absent:
@@ -109,6 +120,7 @@ def load_model(
     unexpected: list[str] = []
     mismatched: list[str] = []
     for file in _weight_files(directory):
+        _check_safetensors(file)
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if name in IGNORED_TENSORS or (name == "lm_head.weight" and config.tie_embeddings):
@@ -133,6 +145,10 @@ def load_model(
         problems.append("shape mismatches: " + "; ".join(mismatched))
     if problems:
         raise CheckpointError(f"{directory} does not match its config.json: " + " | ".join(problems))
+    not_finite = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if not_finite:
+        raise CheckpointError(f"{directory}: tensor(s) {not_finite[:5]}{' ...' if len(not_finite) > 5 else ''} hold "
+                              "NaN or inf values; the weights are corrupt (a diverged run?): use an earlier checkpoint")
 
     duplicate_head = tensors.pop("lm_head.weight", None)
     if duplicate_head is not None and not torch.equal(duplicate_head, tensors["transformer.wte.weight"]):
@@ -148,13 +164,25 @@ def load_model(
     return model.eval()
 
 
+def _check_safetensors(file: Path) -> None:
+    """Open the header (safetensors checks it against the file's size): a truncated or garbage file
+    is named here instead of failing inside the loader."""
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            f.keys()
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError, ValueError)
+        raise CheckpointError(f"{file} is not a readable safetensors file ({str(err).splitlines()[0]}); "
+                              "it may be truncated or corrupt: re-download or re-save it") from None
+
+
 def save_model(model: RecurrentDepthLM, directory: str | Path, max_shard_bytes: int | None = None) -> None:
-    """Write `directory` in the published format; a tokenizer already there is kept. Atomic."""
+    """Write `directory` in the published format. Atomic, and it keeps whatever else is in the
+    directory (a tokenizer, a README, a run's checkpoints/): only the model's own files are replaced."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")
     config = model.config.to_hf_dict() | {"torch_dtype": str(model.dtype).removeprefix("torch.")}
-    with atomic_directory(directory, keep=SIDE_FILES) as tmp:
+    with atomic_directory(directory, owned=MODEL_FILES) as tmp:
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
         shards = _shard(state, max_shard_bytes)
         if len(shards) == 1:

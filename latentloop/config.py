@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -36,6 +35,10 @@ class ModelConfig:
     mean_backprop_depth: int = 8
 
     def __post_init__(self) -> None:
+        wrong = [f"{f.name} must be {_KIND_NAMES[f.type]}, got {getattr(self, f.name)!r}"
+                 for f in fields(self) if not _is_kind(getattr(self, f.name), f.type)]
+        if wrong:
+            raise ConfigError("invalid ModelConfig: " + "; ".join(wrong))
         problems = []
         for name in ("hidden_size", "num_heads", "intermediate_size", "vocab_size", "context_length"):
             if getattr(self, name) < 1:
@@ -137,6 +140,8 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], source: str = "config") -> ModelConfig:
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{source} must hold a JSON object of settings, got {type(hf).__name__}")
         model_type = hf.get("model_type")
         if model_type != HF_MODEL_TYPE:
             raise ConfigError(
@@ -152,31 +157,54 @@ class ModelConfig:
         missing = [k for k in required if k not in hf]
         if missing:
             raise ConfigError(f"{source} lacks required key(s): {missing}")
-        return cls(
-            hidden_size=hf["n_embd"],
-            num_heads=hf["n_heads"],
-            intermediate_size=hf["intermediate_size"],
-            vocab_size=hf.get("padded_vocab_size", hf["vocab_size"]),
-            context_length=hf["block_size"],
-            n_prelude=hf["n_layers_in_prelude"],
-            n_core=hf["n_layers_in_recurrent_block"],
-            n_coda=hf["n_layers_in_coda"],
-            rope_base=float(hf.get("rope_base", 50000.0)),
-            norm_eps=float(hf.get("norm_eps", 1e-6)),
-            tie_embeddings=bool(hf.get("tie_embeddings", True)),
-            qk_bias=bool(hf.get("qk_bias", True)),
-            mean_recurrence=int(hf.get("mean_recurrence", 32)),
-            mean_backprop_depth=int(hf.get("mean_backprop_depth", 8)),
-        )
+        keys = {  # ModelConfig field: (config.json key, default)
+            "hidden_size": ("n_embd", None), "num_heads": ("n_heads", None),
+            "intermediate_size": ("intermediate_size", None),
+            "vocab_size": ("padded_vocab_size" if "padded_vocab_size" in hf else "vocab_size", None),
+            "context_length": ("block_size", None), "n_prelude": ("n_layers_in_prelude", None),
+            "n_core": ("n_layers_in_recurrent_block", None), "n_coda": ("n_layers_in_coda", None),
+            "rope_base": ("rope_base", 50000.0), "norm_eps": ("norm_eps", 1e-6),
+            "tie_embeddings": ("tie_embeddings", True), "qk_bias": ("qk_bias", True),
+            "mean_recurrence": ("mean_recurrence", 32), "mean_backprop_depth": ("mean_backprop_depth", 8),
+        }
+        kinds = {f.name: f.type for f in fields(cls)}
+        values, wrong = {}, []
+        for name, (key, default) in keys.items():
+            value = hf.get(key, default)
+            if kinds[name] == "float" and _is_kind(value, "int"):
+                value = float(value)
+            if not _is_kind(value, kinds[name]):  # e.g. "tie_embeddings": "false", "n_embd": "256"
+                wrong.append(f"{key} must be {_KIND_NAMES[kinds[name]]}, got {value!r}")
+            values[name] = value
+        if wrong:
+            raise ConfigError(f"{source}: " + "; ".join(wrong))
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> ModelConfig:
+        from .fsutil import read_json
+
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from err
+            data = read_json(path)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         return cls.from_hf_dict(data, source=str(path))
+
+
+_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    """`fields()` types are strings here (from __future__ annotations): 'int', 'float' or 'bool'."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def field_names() -> list[str]:

@@ -28,7 +28,14 @@ class Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer file at {path}")
-        return cls(Backend.from_file(str(path)))
+        try:
+            return cls(Backend.from_file(str(path)))
+        except Exception as err:  # the tokenizers library raises a bare Exception with serde's message
+            from .fsutil import read_json
+
+            read_json(path, "tokenizer")  # bad UTF-8 or JSON: named with its line
+            raise ValueError(f"{path} is not a valid tokenizer file ({str(err).splitlines()[0]}); "
+                             "make one with `latentloop tokenizer train`") from None
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> Tokenizer:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..accounting import count_parameters
+from ..config import ModelConfig
 from ..model import RecurrentDepthLM
 from .classify import Classification, classify_tokens
 from .path_independence import PathIndependence, path_independence
@@ -23,6 +25,21 @@ class Inspection:
     projected: np.ndarray  # [N, S, k]: every latent in PCA coordinates
     classes: list[Classification]
     paths: PathIndependence
+
+
+def estimate_bytes(config: ModelConfig, seq_len: int, num_steps: int, num_samples: int) -> dict[str, int]:
+    """Peak float32 memory of `inspect_sequence`, by part, before anything is allocated.
+
+    trajectories: every iteration's logits [S, V], state and latent are kept (forward_depths);
+    path independence: M copies of the sequence through the core (activations, attention scores),
+    then M x S x V logits and the ~4 tensors of that size the spread of distributions needs."""
+    s, h, v, i = seq_len, config.hidden_size, config.vocab_size, config.intermediate_size
+    activations = s * (8 * h + 3 * i) + 2 * config.num_heads * s * s
+    return {
+        "weights": 4 * count_parameters(config).total,
+        "trajectories": 4 * (num_steps * s * (v + 3 * h) + activations + 2 * s * v),
+        "path_independence": 4 * num_samples * (activations + 5 * s * v),
+    }
 
 
 def inspect_sequence(

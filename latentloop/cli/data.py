@@ -54,9 +54,13 @@ def parse_source(spec: str, text_field: str):
 def run(args: argparse.Namespace) -> int:
     from ..tokenizer import load_tokenizer
     from ..train.data import prepare_shards
+    from . import check_out_dir
 
     if args.block_size < 1 or args.val_every < 2:
-        raise ValueError("--block-size must be >= 1 and --val-every >= 2")
+        raise ValueError(f"--block-size must be >= 1 and --val-every >= 2, got {args.block_size} and {args.val_every}")
+    if args.docs_per_shard < 1:
+        raise ValueError(f"--docs-per-shard must be >= 1, got {args.docs_per_shard}")
+    check_out_dir(args.out)
     sources = [parse_source(s, args.text_field) for s in args.sources]
     for source in sources:
         if not source.path.is_file():

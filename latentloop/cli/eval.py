@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
+
+from . import check_device, check_out_dir
 
 DESCRIPTION = """Evaluate MODEL at several depths (iteration counts) in one pass per batch: the prelude
 runs once and the recurrence is read out at every depth.
@@ -65,12 +69,20 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise ValueError(f"--seq-len must be >= 1 (tokens predicted per window), got {args.seq_len}")
+    if not (math.isfinite(args.init_scale) and args.init_scale >= 0):
+        raise ValueError(f"--init-scale must be a finite number >= 0 (0 = zeros), got {args.init_scale}")
+    if args.fewshot is not None and args.fewshot < 0:
+        raise ValueError(f"--fewshot must be >= 0, got {args.fewshot}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    check_out_dir(args.out)
+    args.device = check_device(args.device)
 
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    from pathlib import Path
-
     import torch
 
     from ..checkpoint import load_model, resolve_model_dir
@@ -89,12 +101,14 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(directory) if needs_tokenizer and (directory / "tokenizer.json").is_file() else None
     if tasks and tokenizer is None:
         raise FileNotFoundError(f"{directory} has no tokenizer.json; task files are text and need one")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(directory, dtype=getattr(torch, args.dtype), device=device)
+    model = load_model(directory, dtype=getattr(torch, args.dtype), device=args.device)
 
     results: dict = {"model": str(args.model), "depths": depths, "init_scale": args.init_scale, "limit": args.limit}
+    if args.seq_len is not None and args.seq_len > model.config.context_length:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's context length {model.config.context_length}")
     if args.data:
-        chunks = load_windows(args.data, model.config.vocab_size, args.seq_len or model.config.context_length,
+        seq_len = model.config.context_length if args.seq_len is None else args.seq_len
+        chunks = load_windows(args.data, model.config.vocab_size, seq_len,
                               tokenizer, split=args.split)
         ppl = perplexity_at_depths(model, chunks, depths, batch_size=args.batch_size, limit=args.limit,
                                    init_scale=args.init_scale, seed=args.seed, progress=not args.quiet)

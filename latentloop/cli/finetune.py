@@ -18,6 +18,9 @@ examples:
 """
 
 
+STEPS, LR = 100, 1e-4
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from . import Formatter
 
@@ -27,8 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="chat JSONL with a 'messages' list per line")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--recipe", help="recipe file to start from (its model and data are replaced)")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimizer steps (wins over --recipe's train.steps); default: the recipe's, else {STEPS}")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate (wins over --recipe's optim.lr); default: the recipe's, else {LR}")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters only (needs peft)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key (repeatable)")
@@ -42,11 +47,25 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.recipe import load_recipe, read_file
     from ..train.trainer import train
+    from . import check_out_dir
 
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(f"no chat data file {args.data} (data.path: JSONL with a 'messages' list per line)")
+    check_out_dir(args.out)
     base = read_file(args.recipe) if args.recipe else {}
-    base.setdefault("train", {}).setdefault("steps", args.steps)
-    base.setdefault("optim", {}).setdefault("lr", args.lr)
-    base.setdefault("schedule", {}).setdefault("warmup_steps", max(1, args.steps // 20))
+    for section in ("train", "optim", "schedule"):
+        if not isinstance(base.setdefault(section, {}), dict):
+            raise ValueError(f"{args.recipe}: [{section}] must be a table of settings")
+    # flags given on the command line win over the recipe; the recipe wins over the defaults
+    if args.steps is not None:
+        base["train"]["steps"] = args.steps
+    if args.lr is not None:
+        base["optim"]["lr"] = args.lr
+    base["train"].setdefault("steps", STEPS)
+    base["optim"].setdefault("lr", LR)
+    steps = base["train"]["steps"]
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        base["schedule"].setdefault("warmup_steps", max(1, steps // 20))
     model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     base["model"] = {**base.get("model", {}), "init_from": model}
     base["data"] = {**base.get("data", {}), "source": "chat", "path": str(Path(args.data).resolve())}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 DESCRIPTION = """Continue a text prompt, streaming the answer; the last line (on stderr) gives the
-iterations used per token and the speed. Greedy unless --temperature > 0.
+iterations used per token and the speed. Greedy unless --temperature > 0. Greedy runs start the
+latent from a seeded random state (--seed, default 0), so the same command gives the same text;
+a different --seed may give another (the initial latent is random, as in training).
 MODEL is a checkpoint directory with tokenizer.json, 'default' (the bundled model) or a hub id.
 
 examples:
@@ -41,7 +44,9 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--min-p", type=float, default=None)
     s.add_argument("--repetition-penalty", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=None, help="seed for sampling and the initial latent")
+    s.add_argument("--seed", type=int, default=None,
+                   help="seed for sampling and the random initial latent; default: 0 when greedy (repeatable "
+                        "output), fresh randomness when sampling")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop string (repeatable; \\n and \\t are read as newline and tab)")
@@ -62,15 +67,37 @@ def generation_options(args: argparse.Namespace, default_steps: int) -> dict:
         raise ValueError(f"{', '.join(given)} only apply when sampling: add --temperature (e.g. 0.8)")
     if args.exit is None and (args.min_steps != 1 or args.max_steps is not None):
         raise ValueError("--min-steps/--max-steps bound an early exit: add --exit (e.g. --exit kl:5e-4)")
+    check_generation_args(args, default_steps)
+    greedy = args.temperature == 0
     return dict(
         num_steps=default_steps if args.steps is None else args.steps, init_scale=args.init_scale,
         max_new_tokens=args.max_new_tokens,
         do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+        seed=args.seed if args.seed is not None or not greedy else 0,
         exit=parse_exit(args.exit, args.min_steps, args.max_steps), kv_budget=args.kv_budget,
         warm_start=args.warm_start, stop=[unescape(s) for s in args.stop or []], draft_steps=args.draft_steps,
         lookahead=args.lookahead, compile=args.compile,
     )
+
+
+def check_generation_args(args: argparse.Namespace, default_steps: int) -> None:
+    """Flags that `latentloop.generate` would accept and then misuse (checked here, before any work)."""
+    steps = default_steps if args.steps is None else args.steps
+    if not (math.isfinite(args.init_scale) and args.init_scale >= 0):
+        raise ValueError(f"--init-scale must be a finite number >= 0 (0 = start from zeros), got {args.init_scale}")
+    if not math.isfinite(args.temperature):
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
+        raise ValueError(f"--repetition-penalty must be a positive number (1 = off), got {args.repetition_penalty}")
+    if args.exit is not None:
+        cap = args.max_steps if args.max_steps is not None else steps
+        if args.min_steps < 1 or args.min_steps > cap:
+            which = "--max-steps" if args.max_steps is not None else "--steps"
+            raise ValueError(f"--min-steps {args.min_steps} must lie in [1, {which} {cap}]: the exit can never "
+                             "stop earlier than it, nor run longer than the cap")
+    if any(not s for s in args.stop or []):
+        raise ValueError('--stop "" would stop before the first token; give a non-empty stop string')
 
 
 def unescape(text: str) -> str:
@@ -80,11 +107,12 @@ def unescape(text: str) -> str:
 
 def load(args: argparse.Namespace):
     """The model and its tokenizer (a clear error when the directory has no tokenizer.json)."""
-    from ..checkpoint import load_model
+    from ..checkpoint import load_model, resolve_model_dir
     from ..tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=args.dtype)
+    directory = resolve_model_dir(args.model)  # a file, a missing directory: named before anything loads
+    tokenizer = load_tokenizer(directory)
+    model = load_model(directory, dtype=args.dtype)
     return model, tokenizer
 
 

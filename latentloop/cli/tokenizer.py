@@ -36,11 +36,18 @@ def run(args: argparse.Namespace) -> int:
 
     from ..tokenizer import train_bpe
     from ..train.data import TextSource
+    from . import check_out_dir
 
     sources = [TextSource(path, text_field=args.text_field) for path in args.files]
     for source in sources:
         if not source.path.is_file():
             raise FileNotFoundError(f"no such text file: {source.path}")
+    if args.min_frequency < 1:
+        raise ValueError(f"--min-frequency must be >= 1, got {args.min_frequency}")
+    check_out_dir(args.out)
+    if not any(doc.strip() for s in sources for doc in s.documents()):
+        raise ValueError(f"no text to train on in {', '.join(args.files)} "
+                         "(the files are empty or hold only whitespace)")
     texts = chain.from_iterable(s.documents() for s in sources)
     tokenizer = train_bpe(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency, show_progress=True)
     path = tokenizer.save(args.out)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..fsutil import read_text
 from ..model import RecurrentDepthLM
 from ..tokenizer import Tokenizer
 from ..train.data import META_FILE, ShardData, shard_dtype
@@ -38,7 +39,7 @@ def load_tokens(path: str | Path, vocab_size: int, tokenizer: Tokenizer | None =
     elif path.suffix in TEXT_SUFFIXES:
         if tokenizer is None:
             raise ValueError(f"{path} is text: it needs the model's tokenizer (tokenizer.json beside the weights)")
-        array = np.asarray(tokenizer.encode(path.read_text(encoding="utf-8")), dtype=np.int64)
+        array = np.asarray(tokenizer.encode(read_text(path)), dtype=np.int64)
     else:
         raise ValueError(
             f"unknown data file format {path.suffix!r} for {path}: pass a `data prepare` directory, token ids "

@@ -27,6 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..exits import ExitCriterion
+from ..fsutil import read_text
 from ..model import RecurrentDepthLM
 from ..tokenizer import Tokenizer
 from .scoring import score_continuations
@@ -117,7 +118,7 @@ def load_task(path: str | Path, format: str | None = None, **overrides: Any) -> 
         )
     header: dict[str, Any] | None = None
     examples: list[dict[str, Any]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "task file").splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from ..fsutil import atomic_write_bytes
+from ..fsutil import atomic_write_bytes, recover_directory
 
 STATE_FILE = "trainer_state.pt"
 PATTERN = re.compile(r"step-(\d{6,})$")
+LEFTOVER = re.compile(r"\.(step-\d{6,})\.")  # what a killed save leaves beside step-NNNNNN (see fsutil)
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -30,6 +31,8 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
     root = out / "checkpoints"
     if not root.is_dir():
         return []
+    for name in sorted({m.group(1) for m in map(LEFTOVER.match, (p.name for p in root.iterdir())) if m}):
+        recover_directory(root / name)  # a save killed between renames: finish or roll it back, drop strays
     found = []
     for path in root.iterdir():
         match = PATTERN.match(path.name)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..fsutil import atomic_write_bytes, atomic_write_text, read_json, read_jsonl, read_text
 
 META_FILE = "meta.json"
 FORMAT = "latentloop-shards-v1"
@@ -64,14 +64,14 @@ class TextSource:
             raise FileNotFoundError(f"data source {self.path} does not exist")
         suffix = self.path.suffix.lower()
         if suffix == ".jsonl":
-            with self.path.open() as f:
-                for i, line in enumerate(f, start=1):
-                    if line.strip():
-                        record = json.loads(line)
-                        if self.text_field not in record:
-                            raise ValueError(f"{self.path}:{i} has no field {self.text_field!r}; "
-                                             f"pass --text-field with one of {sorted(record)}")
-                        yield str(record[self.text_field])
+            for i, record in read_jsonl(self.path):
+                if not isinstance(record, dict):
+                    raise ValueError(f"{self.path}:{i} is a JSON {type(record).__name__}, not an object with "
+                                     f"a {self.text_field!r} field")
+                if self.text_field not in record:
+                    raise ValueError(f"{self.path}:{i} has no field {self.text_field!r}; "
+                                     f"pass --text-field with one of {sorted(record)}")
+                yield str(record[self.text_field])
         elif suffix == ".parquet":
             try:
                 import pyarrow.parquet as pq
@@ -80,7 +80,7 @@ class TextSource:
             for value in pq.read_table(self.path, columns=[self.text_field]).column(self.text_field):
                 yield str(value.as_py())
         else:
-            for doc in self.path.read_text(encoding="utf-8").split(self.separator):
+            for doc in read_text(self.path).split(self.separator):
                 if doc.strip():
                     yield doc.strip("\n")
 
@@ -124,14 +124,31 @@ def _prepare_source(source: TextSource, backend: Any, eos: int, out: Path, setti
     state = {"settings": settings, "path": str(source.path), "docs_done": 0, "blocks_seen": 0,
              "pending": [], "files": {"train": [], "val": []}, "done": False}
     if progress_file.is_file():
-        saved = json.loads(progress_file.read_text())
+        saved = read_json(progress_file, "data prepare progress")
         if saved["settings"] != settings:
             raise ValueError(f"{out} holds shards made with {saved['settings']}, not {settings}; "
                              "use a fresh output directory")
         state = saved
     width = settings["block_size"] + 1
     np_dtype = np.dtype(settings["dtype"])
-    bar = tqdm(desc=f"tokenizing {source.name}", unit="doc", initial=state["docs_done"], disable=not progress)
+    bar = tqdm(desc=f"tokenizing {source.name}", unit="doc", initial=state["docs_done"],
+               disable=None if progress else True)  # None: shown on a terminal, not in pipes and logs
+    try:
+        _tokenize(source, backend, eos, out, settings, docs_per_shard, state, progress_file, width, np_dtype, bar)
+    except BaseException:
+        bar.leave = False  # the error message, not a half-drawn bar, is what stays on the terminal
+        bar.close()
+        raise
+    bar.close()
+    for split in ("train", "val"):
+        if not state["files"][split]:
+            raise ValueError(f"{source.path} gave no {split} blocks of {width} tokens; "
+                             "use more text, a smaller --block-size or a smaller --val-every")
+    return {"path": state["path"], "weight": source.weight, "files": state["files"]}
+
+
+def _tokenize(source: TextSource, backend: Any, eos: int, out: Path, settings: dict, docs_per_shard: int,
+              state: dict, progress_file: Path, width: int, np_dtype: np.dtype, bar: Any) -> None:
     docs = source.documents()
     for _ in range(state["docs_done"]):
         next(docs)
@@ -157,12 +174,6 @@ def _prepare_source(source: TextSource, backend: Any, eos: int, out: Path, setti
         state["done"] = len(chunk) < docs_per_shard
         atomic_write_text(progress_file, json.dumps(state))
         bar.update(len(chunk))
-    bar.close()
-    for split in ("train", "val"):
-        if not state["files"][split]:
-            raise ValueError(f"{source.path} gave no {split} blocks of {width} tokens; "
-                             "use more text, a smaller --block-size or a smaller --val-every")
-    return {"path": state["path"], "weight": source.weight, "files": state["files"]}
 
 
 # --- reading shards -------------------------------------------------------------------------------------
@@ -171,9 +182,10 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     meta_path = directory / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{directory} has no {META_FILE}; make shards with `latentloop data prepare`")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} is not a latentloop shard index (format {meta.get('format')!r})")
+    meta = read_json(meta_path, "shard index")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} is not a latentloop shard index (format "
+                         f"{meta.get('format') if isinstance(meta, dict) else None!r})")
     return meta
 
 

@@ -6,7 +6,6 @@ A conversation is rendered in huginn's chat format; the tokens of each assistant
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fsutil import read_jsonl
 from ..tokenizer import ASSISTANT_ROLE, BEGIN_HEADER, END_HEADER, END_TURN, Tokenizer
 from .data import Batch
 
@@ -35,6 +35,26 @@ def encode_chat(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[l
     return ids, is_target
 
 
+ROLES = ("system", "user", "assistant", ASSISTANT_ROLE)
+
+
+def check_messages(messages: list, where: str) -> None:
+    """Each message a {'role', 'content'} object with a known role: a mistyped 'asistant' would
+    silently train on nothing (only assistant tokens are targets)."""
+    import difflib
+
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"{where}: message {i} must be an object with 'role' and 'content', got {message!r}")
+        if not isinstance(message["content"], str):
+            raise ValueError(f"{where}: message {i} content must be text, got {type(message['content']).__name__}")
+        role = message["role"]
+        if role not in ROLES:
+            close = difflib.get_close_matches(str(role), ROLES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{where}: message {i} has unknown role {role!r} (known: {', '.join(ROLES)}){hint}")
+
+
 class ChatData:
     """Conversations from a JSONL file of `{"messages": [...]}`; the last `val_fraction` are held out."""
 
@@ -49,12 +69,13 @@ class ChatData:
         self.seed = seed
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id or 0
         rows = []
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
+        for n, record in read_jsonl(path, "chat data"):
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{n} is a JSON {type(record).__name__}; each line must be an object "
+                                 '{"messages": [{"role": ..., "content": ...}, ...]}')
             if not isinstance(record.get("messages"), list):
                 raise ValueError(f"{path}:{n} has no 'messages' list")
+            check_messages(record["messages"], f"{path}:{n}")
             ids, target = encode_chat(tokenizer, record["messages"])
             ids, target = ids[: block_size + 1], target[: block_size + 1]
             labels = [t if keep else -100 for t, keep in zip(ids[1:], target[1:], strict=True)]

@@ -13,6 +13,7 @@ import torch
 
 from ..accounting import flops_per_token
 from ..config import ModelConfig
+from ..fsutil import atomic_write_text, read_text
 
 
 def train_flops_per_token(config: ModelConfig, num_steps: tuple[int, int], seq_len: int) -> float:
@@ -57,15 +58,37 @@ class MetricsLog:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # drop lines a killed run wrote after its last checkpoint
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= resume_step] if resume_step else []
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = self._kept_lines(resume_step) if resume_step else []
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step or None)
         except ImportError:
             pass
+
+    def _kept_lines(self, resume_step: int) -> list[str]:
+        """The records up to `resume_step`; a torn last line (the run was killed mid-write) is dropped."""
+        raw = read_text(self.path, "run metrics")
+        lines = raw.split("\n")
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                if number == len(lines) or all(not rest.strip() for rest in lines[number:]):
+                    print(f"note: dropping the torn last line of {self.path} (line {number}: the run was killed "
+                          "while writing it)", file=sys.stderr)
+                    continue
+                raise ValueError(f"{self.path}:{number} is not valid JSON ({err.msg}); fix or delete that line "
+                                 "to resume") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{self.path}:{number} is not a metrics record (a JSON object)")
+            if record.get("step", 0) <= resume_step:
+                kept.append(line)
+        return kept
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:

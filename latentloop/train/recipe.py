@@ -7,6 +7,7 @@ data, and shapes that cannot work are reported with the dotted key that causes t
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -125,13 +126,18 @@ def read_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no recipe at {path}; see recipes/*.toml for examples")
-    text = path.read_text()
+    from ..fsutil import read_text
+
+    text = read_text(path, "recipe")
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError:
             raise RecipeError(f"{path} is YAML but pyyaml is not installed: pip install pyyaml, or use TOML") from None
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     else:
         try:
             data = tomllib.loads(text)
@@ -269,8 +275,27 @@ def check_values(recipe: Recipe) -> None:
                        "data.block_size": recipe.data.block_size}.items():
         if value is not None and value < 1:
             raise RecipeError(f"{key} must be >= 1, got {value}")
-    if recipe.optim.lr <= 0:
-        raise RecipeError(f"optim.lr must be positive, got {recipe.optim.lr}")
+    for key, value in {"optim.lr": recipe.optim.lr, "optim.eps": recipe.optim.eps,
+                       "lora.alpha": recipe.lora.alpha}.items():
+        if not (math.isfinite(value) and value > 0):
+            raise RecipeError(f"{key} must be a finite positive number, got {value}")
+    for key, value in {"optim.weight_decay": recipe.optim.weight_decay, "optim.grad_clip": recipe.optim.grad_clip,
+                       "objective.init_scale": recipe.objective.init_scale,
+                       "train.peak_flops": recipe.train.peak_flops}.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise RecipeError(f"{key} must be a finite number >= 0 (0 = off), got {value}")
+    if not 0 <= recipe.lora.dropout < 1:
+        raise RecipeError(f"lora.dropout must lie in [0, 1), got {recipe.lora.dropout}")
+    if recipe.lora.rank < 1:
+        raise RecipeError(f"lora.rank must be >= 1, got {recipe.lora.rank}")
+    if not 0 <= recipe.schedule.min_lr_ratio <= 1:
+        raise RecipeError(f"schedule.min_lr_ratio must lie in [0, 1] (a fraction of the peak lr), "
+                          f"got {recipe.schedule.min_lr_ratio}")
+    s, steps = recipe.schedule, recipe.train.steps
+    if s.warmup_steps + s.cooldown_steps > steps:
+        raise RecipeError(f"schedule.warmup_steps ({s.warmup_steps}) + schedule.cooldown_steps ({s.cooldown_steps}) "
+                          f"exceed train.steps ({steps}): the learning rate would never reach its peak; "
+                          "shorten them (e.g. --set schedule.warmup_steps=...) or train longer")
     if not all(0 <= b < 1 for b in recipe.optim.betas):
         raise RecipeError(f"optim.betas must lie in [0, 1), got {recipe.optim.betas}")
     if recipe.train.ckpt_every < 0:

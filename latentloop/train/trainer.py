@@ -7,6 +7,7 @@ Everything random in a step (its depth r, its batch rows, the initial latent) is
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from ..checkpoint import CheckpointError, load_config, load_model, resolve_model_dir
 from ..config import ConfigError, ModelConfig, field_names, get_preset
 from ..diagnostics import relative_change, token_correlation
-from ..fsutil import atomic_write_text
+from ..fsutil import DirectoryLock, atomic_write_text
 from ..model import RecurrentDepthLM
 from ..tasks import TASK_FILE
 from . import checkpoints as ckpt
@@ -163,6 +164,26 @@ class Trainer:
         self.recipe = recipe
         self.progress = progress
         out_dir = Path(out) if out is not None else recipe.resolve(recipe.out)
+        if resume and not out_dir.is_dir():
+            raise ValueError(f"--resume: there is no run directory {out_dir} (a mistyped --out?); "
+                             "drop --resume to start a new run there")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"the run directory {out_dir} is a file; choose another --out")
+        # one run per directory: a second `train` on the same --out is refused with the holder's pid
+        created = not out_dir.exists()
+        self.lock = DirectoryLock(out_dir, "a training run") if int(os.environ.get("RANK", "0")) == 0 else None
+        self.world = World()
+        try:
+            self._setup(recipe, out_dir, resume)
+        except BaseException:
+            self.close()
+            if created and self.lock is not None:  # a refused recipe leaves no empty run directory behind
+                self.lock.path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()
+            raise
+
+    def _setup(self, recipe: Recipe, out_dir: Path, resume: bool) -> None:
         self.plan = make_plan(recipe, out_dir)
         self.out = out_dir
         self.config = self.plan.config
@@ -192,6 +213,10 @@ class Trainer:
         if latest is not None and not resume:
             raise ValueError(f"{self.out} already holds checkpoints (latest {latest.name}); "
                              "pass --resume to continue that run, or choose another --out")
+        if resume and latest is None:
+            raise ValueError(f"--resume: {self.out} holds no complete checkpoint "
+                             f"({ckpt.checkpoint_dir(self.out, 0).parent}/step-*/{ckpt.STATE_FILE}); "
+                             "drop --resume to start the run afresh there, or check --out")
         return latest if resume else None
 
     def _build_model(self) -> nn.Module:
@@ -393,12 +418,40 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        try:
+            return self._fit()
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            latest = ckpt.latest_checkpoint(self.out)
+            intact = (f"the last complete checkpoint {latest} is intact: free some space and run again "
+                      "with --resume") if latest else "no checkpoint was completed yet"
+            raise OSError(err.errno, f"the disk is full ({err.filename or self.out}: {err.strerror}); "
+                                     f"{intact}") from None
+
+    def _fit(self) -> dict[str, Any]:
         from tqdm import tqdm
 
         r = self.recipe
+        finished = self.resume_from is not None and self.step >= r.train.steps
+        if finished and self.resume_from == ckpt.checkpoint_dir(self.out, self.step):
+            # nothing to train: do not re-save the checkpoint being resumed from (a kill there must not
+            # cost the run its last checkpoint); write the final model only if it is missing
+            if self.world.is_main:
+                print(f"{self.out} finished at step {self.step} (train.steps = {r.train.steps}); nothing to train",
+                      file=sys.stderr)
+            if not (self.out / "model" / "config.json").is_file():
+                self.save_model(self.out / "model")
+            barrier(self.world)
+            summary_file = self.out / "summary.json"
+            self.log.close()
+            if summary_file.is_file():
+                with contextlib.suppress(ValueError, OSError):
+                    return json.loads(summary_file.read_text())
+            return {"step": self.step, "val": {}, "model_dir": str(self.out / "model")}
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2, default=str) + "\n")
+            atomic_write_text(self.out / "recipe.json", json.dumps(r.to_dict(), indent=2, default=str) + "\n")
         bar = tqdm(total=r.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.progress and self.world.is_main), file=sys.stderr)
         window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
@@ -433,7 +486,7 @@ class Trainer:
             summary["sample"] = self.sample(self.out / "model")
             print(f"sample: {summary['sample']}", file=sys.stderr)
         if self.world.is_main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.log.close()
         return summary
 
@@ -463,6 +516,8 @@ class Trainer:
 
     def close(self) -> None:
         shutdown(self.world)
+        if self.lock is not None:
+            self.lock.release()
 
 
 def train(recipe: Recipe, out: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict:

@@ -54,15 +54,28 @@ def count_parameters(config: ModelConfig) -> ParameterBreakdown:
     return ParameterBreakdown(**counts)
 
 
+MATERIALIZED_RULE = (
+    "materialized params: the unrolled model, each iteration with its own adapter and core, "
+    "total + (r - 1) x (adapter + core).\nFLOPs/token: 2 x the weights a token multiplies with in that "
+    "unrolled model (not the embedding lookup; the head even when tied), at zero context."
+)
+
+
 def materialized_parameters(config: ModelConfig, num_steps: int) -> int:
-    """Parameters of the equivalent unrolled (non-shared) model: total + (r - 1) x core."""
+    """Parameters of the equivalent unrolled (non-shared) model, in which every iteration has its own
+    copy of what runs per iteration, the adapter and the core: total + (r - 1) x (adapter + core).
+    The same rule as `flops_per_token`, which also counts the adapter once per iteration. (The
+    huginn paper's "52.6B at r = 32" counts the adapter once: r x core + the rest; with it counted
+    per iteration, as here, huginn-0125 at 32 materializes 54.3B.)"""
     counts = count_parameters(config)
-    return counts.total + (num_steps - 1) * counts.core
+    return counts.total + (num_steps - 1) * (counts.adapter + counts.core)
 
 
 def flops_per_token(config: ModelConfig, num_steps: int, seq_len: int = 0) -> int:
-    """Forward FLOPs for one token: 2 x matmul weights it passes (adapter once per iteration, the
-    head even when tied), plus attention over `seq_len` earlier positions (4 x seq_len x h per layer)."""
+    """Forward FLOPs for one token: 2 x the weights of the unrolled model it passes (prelude, r x
+    (adapter + core), coda, and the head even when tied; the embedding is a lookup), plus attention
+    over `seq_len` earlier positions (4 x seq_len x h per layer). Norm weights and q/k biases are
+    counted as if they were matmul weights (h per norm: under 0.1 % of a block)."""
     counts = count_parameters(config)
     head = config.vocab_size * config.hidden_size
     matmul = counts.prelude + counts.coda + num_steps * (counts.core + counts.adapter) + head

@@ -15,6 +15,7 @@ BEGIN_HEADER, END_HEADER, END_TURN, PAD = "<|begin_header|>", "<|end_header|>", 
 SPECIAL_TOKENS = (BOS, EOS, BEGIN_HEADER, END_HEADER, END_TURN, PAD)
 ASSISTANT_ROLE = "Huginn"  # huginn's chat template names the assistant this
 TOKENIZER_FILE = "tokenizer.json"
+MAX_SHOWN = 20  # unknown characters (and vocabulary entries) an error message lists
 
 
 class Tokenizer:
@@ -42,7 +43,8 @@ class Tokenizer:
         path = Path(directory) / TOKENIZER_FILE
         if not path.is_file():
             raise FileNotFoundError(
-                f"{directory} has no {TOKENIZER_FILE}; text prompts need a tokenizer: pass token ids, "
+                f"{directory} has no {TOKENIZER_FILE}; text prompts need a tokenizer: pass token ids instead "
+                f"(`latentloop generate {directory} --ids 1,2,3`; in Python a list of ids to `latentloop.generate`), "
                 f"or put a {TOKENIZER_FILE} beside the weights (`latentloop tokenizer train` makes one)"
             )
         return cls.from_file(path)
@@ -73,9 +75,63 @@ class Tokenizer:
         ids = (self.token_to_id(t) for t in (BOS, EOS, END_TURN))
         return [i for i in ids if i is not None]
 
+    # --- unknown characters ---------------------------------------------------------------------
+    @property
+    def unk_token(self) -> str | None:
+        """The token that stands for text the vocabulary cannot spell (None: every text is spelled).
+        Byte-level BPE (`train_bpe`, huginn's tokenizer) has none: a character it never saw is encoded
+        as its UTF-8 bytes. A character-level task tokenizer (`tasks.vocab.char_tokenizer`) maps
+        unknown characters to `<|pad|>`, which `encode` refuses (see `unknown_characters`)."""
+        return getattr(self.backend.model, "unk_token", None) or None
+
+    def alphabet(self) -> list[str]:
+        """The vocabulary's ordinary (non-special) tokens, by id."""
+        specials = {t.content for t in self.backend.get_added_tokens_decoder().values()}
+        vocab = self.backend.get_vocab(with_added_tokens=False)
+        return [t for t, _ in sorted(vocab.items(), key=lambda item: item[1]) if t not in specials]
+
+    def _unknown(self, text: str, encoding) -> list[str]:
+        unk = self.unk_token
+        unk_id = self.token_to_id(unk) if unk is not None else None
+        if unk_id is None or unk_id not in encoding.ids:
+            return []
+        found: dict[str, None] = {}
+        for i, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+            if i == unk_id and text[start:end] != unk:
+                found.setdefault(text[start:end], None)
+        return list(found)
+
+    def unknown_characters(self, text: str) -> list[str]:
+        """The pieces of `text` (characters, for a character-level tokenizer) that the vocabulary does
+        not hold, in order of first appearance; [] for a byte-level BPE, which spells any text."""
+        return self._unknown(text, self.backend.encode(text, add_special_tokens=False))
+
+    def _check_known(self, text: str, encoding) -> None:
+        unknown = self._unknown(text, encoding)
+        if not unknown:
+            return
+        alphabet = self.alphabet()
+        if all(len(t) == 1 for t in alphabet):  # character-level: name characters, not pieces
+            unknown = list(dict.fromkeys(c for piece in unknown for c in piece if c not in alphabet))
+            what, known = "character(s)", f"its alphabet is the {len(alphabet)} characters {''.join(alphabet)!r}"
+        else:
+            shown = ", ".join(map(repr, alphabet[:MAX_SHOWN]))
+            what, known = "piece(s)", f"its vocabulary holds {len(alphabet)} tokens ({shown}, ...)"
+        listed = " ".join(repr(c) for c in unknown[:MAX_SHOWN])
+        more = f" and {len(unknown) - MAX_SHOWN} more" if len(unknown) > MAX_SHOWN else ""
+        added = self.backend.get_added_tokens_decoder()
+        specials = ", ".join(added[i].content for i in sorted(added))
+        raise ValueError(
+            f"the model's tokenizer does not know {len(unknown)} {what} of the text: {listed}{more} "
+            f"(they would silently become {self.unk_token}); {known}, plus the special tokens {specials}"
+        )
+
     # --- text -----------------------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+        """Token ids of `text`; a ValueError names any character the vocabulary cannot spell."""
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        self._check_known(text, encoding)
+        ids = encoding.ids
         if add_bos:
             if self.bos_id is None:
                 raise ValueError(f"this tokenizer has no {BOS} token to prepend")
@@ -86,7 +142,9 @@ class Tokenizer:
         """A prompt as the tokenizer's own template frames it (HF's default `add_special_tokens=True`):
         task tokenizers prepend `<|begin_text|>`, as in training. A text that already opens with it
         (a chat prompt) does not get a second one."""
-        ids = self.backend.encode(text, add_special_tokens=True).ids
+        encoding = self.backend.encode(text, add_special_tokens=True)
+        self._check_known(text, encoding)
+        ids = encoding.ids
         if len(ids) > 1 and ids[0] == ids[1] == self.bos_id:
             ids = ids[1:]
         return ids

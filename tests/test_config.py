@@ -63,7 +63,9 @@ def test_huginn_accounting_matches_spec():
     assert params.adapter == pytest.approx(55.8e6, rel=0.005)
     assert params.embedding == pytest.approx(346e6, rel=0.005)
     assert params.core / 4 == pytest.approx(395.4e6, rel=0.001)  # one block
-    assert materialized_parameters(config, 32) == pytest.approx(52.6e9, rel=0.005)
+    assert materialized_parameters(config, 32) == pytest.approx(54.3e9, rel=0.005)  # adapter per iteration
+    # the paper's 52.6B counts the adapter once: the difference is exactly 31 adapters
+    assert materialized_parameters(config, 32) - 31 * params.adapter == pytest.approx(52.6e9, rel=0.005)
     assert config.effective_depth(32) == 132
     # forward FLOPs grow by 2 x (core + adapter) per extra iteration
     assert flops_per_token(config, 2) - flops_per_token(config, 1) == 2 * (params.core + params.adapter)
@@ -74,7 +76,8 @@ def test_huginn_accounting_matches_spec():
 def test_info_cli_prints_the_figures(capsys):
     assert main(["info", "huginn-0125"]) == 0
     out = capsys.readouterr().out
-    assert "3.56B" in out and "1.58B" in out and "52.6B" in out and " 132" in out
+    assert "3.56B" in out and "1.58B" in out and "54.3B" in out and " 132" in out
+    assert "each iteration with its own adapter and core" in out  # the rule, said where the figures are
     for steps in ("1", "4", "8", "16", "32", "64"):
         assert any(line.split()[:1] == [steps] for line in out.splitlines()), steps
     assert main(["info", "small", "--json", "--steps", "1", "8"]) == 0
@@ -87,7 +90,35 @@ def test_info_on_a_checkpoint_and_bad_model(conformance_dir, capsys):
     assert main(["info", str(conformance_dir / "checkpoint"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["hidden_size"] == 64
     assert main(["info", "/no/such/dir"]) == 2
-    assert "no such model directory" in capsys.readouterr().err
+    assert "no such directory exists" in capsys.readouterr().err
+
+
+def test_info_unknown_name_lists_the_presets_and_asks_for_a_directory(capsys):
+    assert main(["info", "huginn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latentloop info: error: 'huginn' is not a preset")
+    assert "huginn-0125, tiny, small, medium" in err and "checkpoint directory holding config.json" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_materialized_parameters_and_flops_follow_one_rule_counted_by_hand():
+    """The tiny preset counted by hand: materialized parameters are the unrolled model's (each
+    iteration its own adapter and core); FLOPs/token are 2 x the weights a token multiplies with in
+    that same unrolled model (embedding lookup excluded, tied head included)."""
+    c = get_preset("tiny")
+    h, inter, vocab = c.hidden_size, c.intermediate_size, c.vocab_size
+    assert (h, inter, vocab, c.n_prelude, c.n_core, c.n_coda, c.tie_embeddings) == (64, 160, 256, 2, 4, 2, True)
+    block = 3 * h * h + h * h + 2 * h + 2 * h * inter + inter * h + 4 * h  # Wqkv, proj, qk_bias, MLP, 4 norms
+    assert block == 47_488
+    embedding, adapter, final_norm = vocab * h, 2 * h * h, h
+    total = embedding + 2 * block + adapter + 4 * block + 2 * block + final_norm  # head tied: no weights
+    assert count_parameters(c).total == total == 404_544
+    for r in (1, 2, 8, 32):
+        unrolled = embedding + 2 * block + r * (adapter + 4 * block) + 2 * block + final_norm
+        assert materialized_parameters(c, r) == unrolled
+        multiplied = unrolled - embedding - final_norm + vocab * h  # lookup out, tied head in
+        assert flops_per_token(c, r) == 2 * multiplied
+        assert flops_per_token(c, r, seq_len=10) == 2 * multiplied + 4 * 10 * h * c.effective_depth(r)
 
 
 def test_every_command_has_help_with_examples():

@@ -149,3 +149,33 @@ def test_eval_cli_bad_input(tiny_model_dir, tmp_path, capsys, argv, message):
 def test_eval_cli_missing_model(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope"), "--data", "x.txt"]) == 2
     assert "no such model directory" in capsys.readouterr().err
+
+
+def test_eval_text_that_does_not_fit_the_model_names_the_characters(tmp_path, capsys):
+    """`eval default --data tinyshakespeare` (once an example in --help) reported perplexity 1e14:
+    the pointer model's alphabet has no letters beyond a-i, no space, no punctuation."""
+    text = tmp_path / "play.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    assert main(["eval", "default", "--data", str(text), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{text}: the model's tokenizer does not know" in err and "this text does not fit the model" in err
+
+
+def test_eval_help_examples_for_the_bundled_model_run(tmp_path, capsys):
+    """Every `latentloop eval default ...` example of --help runs and scores (here on 3 problems, at the
+    deepest of its depths only, to keep the test short)."""
+    import shlex
+
+    from latentloop.cli.eval import DESCRIPTION
+
+    repo = Path(__file__).resolve().parents[1]
+    examples = [line.split("#")[0].strip() for line in DESCRIPTION.splitlines()
+                if line.strip().startswith("latentloop eval default")]
+    assert examples
+    for line in examples:
+        argv = [str(repo / a) if a.startswith("docs/") else a for a in shlex.split(line)[1:]]
+        assert main([*argv, "--limit", "3", "--depths", "32", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+        results = json.loads((tmp_path / "o" / "results.json").read_text())
+        accuracy = results["tasks"]["pointers-validation"]["depths"]["32"]["accuracy"]
+        assert accuracy == 1.0  # the bundled model solves its in-distribution chains at 32 iterations
+    capsys.readouterr()

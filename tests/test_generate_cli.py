@@ -63,7 +63,58 @@ def test_model_directory_without_tokenizer_is_a_clear_error(tiny_model_dir, tmp_
     bare = tmp_path / "bare"
     load_model(tiny_model_dir).save_pretrained(str(bare))
     assert main(["generate", str(bare), "hi"]) == 2
-    assert "has no tokenizer.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has no tokenizer.json" in err and f"latentloop generate {bare} --ids 1,2,3" in err
+
+
+def test_generate_ids_in_ids_out_without_a_tokenizer(tiny_model_dir, tmp_path, capsys):
+    """What the no-tokenizer message tells the user to do works: --ids continues token ids."""
+    bare = tmp_path / "bare"
+    model = load_model(tiny_model_dir)
+    model.save_pretrained(str(bare))
+    assert main(["generate", str(bare), "--ids", "5, 17,42", "--steps", "2", "--init-scale", "0",
+                 "--max-new-tokens", "4"]) == 0
+    out, err = capsys.readouterr()
+    expected = generate(model, [5, 17, 42], num_steps=2, init_scale=0.0, max_new_tokens=4).tokens[0]
+    assert out == ",".join(map(str, expected)) + "\n" and len(expected) == 4
+    assert "2.0 iterations/token" in err
+    # with a tokenizer, --ids still prints ids (and the tokenizer's stop ids end the generation)
+    assert main(["generate", str(tiny_model_dir), "--ids", "5,17,42", "--steps", "2", "--init-scale", "0",
+                 "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip().replace(",", "").isdigit()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "nothing to continue"),
+        (["hi", "--ids", "1,2"], "not both"),
+        (["--ids", "1,x"], "comma-separated token ids"),
+        (["--ids", "1,-2"], "comma-separated token ids"),
+        (["--ids", "1,2", "--stop", "."], "--stop matches text"),
+    ],
+)
+def test_generate_ids_bad_input(tiny_model_dir, tmp_path, capsys, argv, message):
+    bare = tmp_path / "bare"
+    load_model(tiny_model_dir).save_pretrained(str(bare))
+    assert main(["generate", str(bare), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latentloop generate: error:") and message in err
+
+
+def test_unknown_characters_are_named_not_padded(capsys):
+    """`generate default "What is 2+2?"` printed 3333... (every unknown character became <|pad|>)."""
+    assert main(["generate", "default", "What is 2+2?"]) == 2
+    err = capsys.readouterr().err
+    assert "does not know 6 character(s)" in err and "'0123456789abcdefghi=ABCDEFGHI'" in err
+
+
+def test_chat_refuses_a_model_that_is_not_a_chat_model(capsys):
+    """The bundled pointers model would answer the chat template wrongly: it is refused, with a pointer."""
+    assert main(["chat", "default"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latentloop chat: error: default is not a chat model")
+    assert "<|begin_header|>" in err and "latentloop generate default" in err and "huginn-0125" in err
 
 
 def test_chat_reads_piped_messages(tiny_model_dir):

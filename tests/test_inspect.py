@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from latentloop.analysis import (
     inspect_sequence,
     path_independence,
 )
-from latentloop.analysis.report import FIGURES
+from latentloop.analysis.report import FIGURES, plot_exit_steps, plot_path_independence, token_label, write_report
 from latentloop.cli import main
 
 
@@ -112,10 +115,14 @@ def test_inspect_cli_writes_report_with_all_figures(tiny_model_dir, tmp_path):
     assert main(["inspect", str(tiny_model_dir), "To be, or not to be", "--steps", "8", "--samples", "3",
                  "--out", str(out)]) == 0
     html = (out / "report.html").read_text()
+    embedded = dict(re.findall(r"<img src='data:image/png;base64,([A-Za-z0-9+/=]+)' alt='(\w+)'>", html))
+    embedded = {name: base64.b64decode(data) for data, name in embedded.items()}
+    assert set(embedded) == set(FIGURES)
     for name in FIGURES:
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-        assert f"src='{name}.png'" in html
+        assert embedded[name] == png.read_bytes()  # the page carries its figures: it opens on its own
+    assert "src='" + "convergence.png" not in html and re.findall(r"src='(?!data:)", html) == []
     summary = json.loads((out / "summary.json").read_text())
     data = np.load(out / "data.npz")
     assert data["latents"].shape[:2] == (8, summary["num_tokens"])
@@ -140,3 +147,53 @@ def test_inspect_cli_bad_input(tiny_model_dir, tmp_path, capsys):
     assert "--steps must be >= 4" in capsys.readouterr().err
     assert main(["inspect", str(tiny_model_dir), "", "--out", str(tmp_path / "o")]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_token_labels_are_whole(tmp_path):
+    """Labels were cut to 12 characters (`<|begin_text`): figures and the HTML show the whole token."""
+    from latentloop.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("default")
+    ids = tok.encode_prompt("73BACbb6=")
+    result = inspect_sequence(load_model("default"), ids, num_steps=4, num_samples=2,
+                              token_texts=[tok.decode([i]) for i in ids])
+    ticks = [t.get_text() for t in plot_exit_steps(result).axes[0].get_xticklabels()]
+    assert ticks[0] == "0:<|begin_text|>" and ticks[1] == "1:7"
+    write_report(result, tmp_path)
+    assert "<code>&lt;|begin_text|&gt;</code>" in (tmp_path / "report.html").read_text()
+    assert token_label("<|begin_header|>") == "<|begin_header|>"
+    assert token_label("a\nb") == "a\\nb" and token_label(" ") == "' '"  # whitespace made visible
+    assert token_label("x" * 40, limit=32) == "x" * 15 + "\u2026" + "x" * 15  # only a freak token is shortened
+
+
+def panel_pixels(fig, ax, rgb: tuple[int, int, int]) -> int:
+    """How many pixels of colour `rgb` the rendered figure has inside the axes `ax`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    box = ax.get_window_extent()
+    height = image.shape[0]
+    crop = image[int(height - box.y1):int(height - box.y0), int(box.x0):int(box.x1)]
+    return int((np.abs(crop - np.array(rgb)).sum(-1) < 30).sum())
+
+
+def test_path_independence_kl_bars_are_visible_on_their_own_axis(model):
+    """A relative spread of ~0.1 and a KL of ~1e-4 nats shared one axis, where the KL bars vanished:
+    now each has its own panel, scaled to its own largest bar, and the KL bars cover real pixels."""
+    ids = torch.randint(0, 256, (6,), generator=torch.Generator().manual_seed(4))
+    result = inspect_sequence(model, ids, num_steps=4, num_samples=2)
+    kl = np.array([1e-4, 3e-4, 2e-4, 5e-5, 4e-4, 1e-4])
+    paths = dataclasses.replace(result.paths, latent_spread=np.full(6, 0.1) + 0.01 * np.arange(6),
+                                distribution_spread=kl)
+    result = dataclasses.replace(result, paths=paths)
+    fig = plot_path_independence(result)
+    spread_ax, kl_ax = fig.axes[1], fig.axes[2]
+    assert "KL" in kl_ax.get_ylabel() and "spread" in spread_ax.get_ylabel()
+    low, high = kl_ax.get_ylim()
+    assert low == 0 and kl.max() <= high <= 1.2 * kl.max()  # the tallest KL bar fills its axis
+    orange = (255, 127, 14)  # tab:orange, the KL bars
+    area = kl_ax.get_window_extent().width * kl_ax.get_window_extent().height
+    assert panel_pixels(fig, kl_ax, orange) > 0.05 * area
+    assert panel_pixels(fig, spread_ax, orange) == 0  # the other unit stays on the other axis

@@ -54,3 +54,35 @@ def test_save_and_load(tokenizer, tmp_path):
 def test_vocab_too_small():
     with pytest.raises(ValueError, match="too small"):
         train_bpe(["abc"], vocab_size=100)
+
+
+def test_unknown_characters_of_a_character_tokenizer_are_a_clear_error():
+    """The bundled model's character-level tokenizer refuses what it cannot spell (it used to turn
+    every unknown character into <|pad|> silently), naming the characters and its alphabet."""
+    tok = load_tokenizer("default")
+    assert tok.unk_token == "<|pad|>"
+    assert tok.unknown_characters("73BACbb6baa9Bbb7b=") == []
+    assert tok.encode_prompt("73BACbb6baa9Bbb7b=")[0] == tok.bos_id  # known text: as before
+    assert tok.encode("<|pad|>1") == [tok.pad_id, tok.token_to_id("1")]  # a special token, typed, is known
+    assert tok.unknown_characters("What is 2+2?") == ["W", "t", " ", "s", "+", "?"]
+    with pytest.raises(ValueError) as caught:
+        tok.encode_prompt("What is 2+2?")
+    message = str(caught.value)
+    for char in ("'W'", "' '", "'t'", "'s'", "'+'", "'?'"):
+        assert char in message
+    assert "6 character(s)" in message and "'0123456789abcdefghi=ABCDEFGHI'" in message
+    assert "<|pad|>" in message
+    with pytest.raises(ValueError, match="does not know"):
+        tok.encode("\n")  # a piece the split leaves whole is named by its characters too
+    long = "".join(chr(c) for c in range(0x100, 0x140))
+    with pytest.raises(ValueError, match=r"64 character\(s\).* and 44 more"):
+        tok.encode(long)
+
+
+def test_byte_level_bpe_spells_any_text(tokenizer):
+    """Byte-level BPE has no unknown token: an unseen character is encoded as its UTF-8 bytes."""
+    assert tokenizer.unk_token is None
+    text = "naïve café ☕ 😀 Ωmega"
+    assert tokenizer.unknown_characters(text) == []
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert len(tokenizer.encode("😀")) == 4  # four bytes, four tokens: never merged in training

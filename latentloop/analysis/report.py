@@ -5,6 +5,7 @@ Figures use matplotlib's object API (`Figure`, rendered by Agg), so no display i
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import json
@@ -23,20 +24,29 @@ MAX_ORBIT_TOKENS = 12
 LABEL_COLOURS = {"fixed point": "tab:blue", "orbit": "tab:red", "slider": "tab:green"}
 
 
-def token_label(text: str) -> str:
-    """A short printable form of a token's text (whitespace made visible)."""
-    shown = text.replace("\n", "\\n").replace("\t", "\\t")
-    return repr(shown)[1:-1][:12] if shown.strip() else repr(shown)
+MAX_LABEL = 32  # characters of a token's text shown in a figure's tick label (HTML shows all of it)
 
 
-def _save(fig: Figure, path: Path) -> None:
+def token_label(text: str, limit: int | None = None) -> str:
+    """A printable form of a token's text (whitespace made visible), whole unless it is longer than
+    `limit` characters, which only a pathological token is: then its ends are kept around an ellipsis."""
+    shown = repr(text)[1:-1]  # newlines, tabs and other control characters as escapes
+    if not text.strip() and shown == text:  # only spaces: quoted, so that they can be seen
+        shown = repr(text)
+    if limit is not None and len(shown) > limit:
+        keep = (limit - 1) // 2
+        shown = f"{shown[:keep]}\u2026{shown[-keep:]}"
+    return shown
+
+
+def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _labels(result: Inspection) -> list[str]:
-    return [f"{i}:{token_label(t)}" for i, t in enumerate(result.trajectories.tokens)]
+    return [f"{i}:{token_label(t, MAX_LABEL)}" for i, t in enumerate(result.trajectories.tokens)]
 
 
 def plot_convergence(result: Inspection) -> Figure:
@@ -135,23 +145,32 @@ def plot_exit_steps(result: Inspection) -> Figure:
 
 
 def plot_path_independence(result: Inspection) -> Figure:
+    """Three panels, each on its own axis: the state's spread per iteration, then per token at the last
+    iteration the latent's relative spread and the next-token KL in nats (two units: two axes)."""
     paths = result.paths
     seq = len(paths.latent_spread)
-    fig = Figure(figsize=(max(10, 0.3 * seq), 4), layout="constrained")
-    ax1 = fig.add_subplot(1, 2, 1)
+    fig = Figure(figsize=(max(13, 0.6 * seq + 5), 4), layout="constrained")
+    ax1 = fig.add_subplot(1, 3, 1)
     steps = np.arange(1, paths.spread_by_step.shape[0] + 1)
     ax1.semilogy(steps, paths.spread_by_step.mean(1).clip(1e-12), "o-", ms=3)
     ax1.set_xlabel("iteration t")
     ax1.set_ylabel("relative spread of the state")
     ax1.set_title(f"spread across {paths.num_samples} random starts (mean over tokens)", fontsize=9)
     ax1.grid(alpha=0.3)
-    ax2 = fig.add_subplot(1, 2, 2)
     x = np.arange(seq)
-    ax2.bar(x - 0.2, paths.latent_spread, width=0.4, label="final latent spread (relative)")
-    ax2.bar(x + 0.2, paths.distribution_spread, width=0.4, label="next-token KL to the mean (nats)")
-    ax2.set_xticks(x, _labels(result), rotation=90, fontsize=7)
-    ax2.set_title("per token, at the last iteration", fontsize=9)
-    ax2.legend(fontsize=7)
+    for index, (values, colour, ylabel, title) in enumerate((
+        (paths.latent_spread, "tab:blue", "relative spread", "final latent spread per token"),
+        (paths.distribution_spread, "tab:orange", "KL (nats)", "next-token KL to the mean per token"),
+    )):
+        ax = fig.add_subplot(1, 3, 2 + index)
+        ax.bar(x, values, width=0.7, color=colour)
+        top = float(np.max(values)) if len(values) else 0.0
+        ax.set_ylim(0, top * 1.1 if top > 0 else 1.0)  # each panel scaled to its own largest bar
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        ax.set_xticks(x, _labels(result), rotation=90, fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}, last iteration", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
     return fig
 
 
@@ -184,8 +203,9 @@ def write_report(result: Inspection, out_dir: str | Path, title: str = "latentlo
     """Write report.html, one PNG per figure, summary.json and data.npz (all arrays) to out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in FIGURES:
-        _save(PLOTTERS[name](result), out / f"{name}.png")
+    images = {name: _png(PLOTTERS[name](result)) for name in FIGURES}
+    for name, png in images.items():
+        atomic_write_bytes(out / f"{name}.png", png)
     info = summary(result)
     atomic_write_text(out / "summary.json", json.dumps(info, indent=2))
     buffer = io.BytesIO()
@@ -197,7 +217,7 @@ def write_report(result: Inspection, out_dir: str | Path, title: str = "latentlo
                         distribution_spread=paths.distribution_spread, top1_agreement=paths.top1_agreement)
     atomic_write_bytes(out / "data.npz", buffer.getvalue())
     path = out / "report.html"
-    atomic_write_text(path, _html(info, title, text))
+    atomic_write_text(path, _html(info, title, text, images))
     return path
 
 
@@ -208,11 +228,14 @@ CAPTIONS = {
     "orbits": "Per-token trajectories in PC pairs 1-2, 3-4, 5-6 (moving tokens first).",
     "correlation": "Token correlation of the recurrent state per iteration (collapse diagnostic).",
     "exit_steps": "The iteration at which the KL exit criterion would stop each token.",
-    "path_independence": "Spread of states and predictions across random initial states.",
+    "path_independence": "Spread of states and predictions across random initial states: the state per "
+                         "iteration, then per token the final latent's relative spread and the KL (nats) of "
+                         "each start's next-token distribution to their mixture, each on its own axis.",
 }
 
 
-def _html(info: dict, title: str, text: str | None) -> str:
+def _html(info: dict, title: str, text: str | None, images: dict[str, bytes]) -> str:
+    """The report, self-contained: every figure embedded as a data: URI (the PNGs beside it are copies)."""
     e = html.escape
     t = info["thresholds"]
     rows = "".join(
@@ -223,7 +246,8 @@ def _html(info: dict, title: str, text: str | None) -> str:
         for tok in info["tokens"]
     )
     figures = "".join(
-        f"<figure><img src='{name}.png' alt='{name}'><figcaption>{e(CAPTIONS[name])}</figcaption></figure>"
+        f"<figure><img src='data:image/png;base64,{base64.b64encode(images[name]).decode('ascii')}' "
+        f"alt='{name}'><figcaption>{e(CAPTIONS[name])} ({name}.png)</figcaption></figure>"
         for name in FIGURES
     )
     counts = ", ".join(f"{n} {label}" for label, n in info["class_counts"].items())
@@ -248,6 +272,7 @@ Final token correlation {info['final_token_correlation']:.3f}.</p>
 <table><tr><th>#</th><th>token</th><th>class</th><th>step</th><th>straightness</th><th>KL exit</th>
 <th>latent spread</th><th>KL spread</th><th>top-1 agreement</th></tr>{rows}</table>
 <h2>Figures</h2>{figures}
-<p>Arrays: <code>data.npz</code>; numbers: <code>summary.json</code>.</p>
+<p>Arrays: <code>data.npz</code>; numbers: <code>summary.json</code>; the figures are embedded in this page
+and also written beside it as PNG files.</p>
 </body></html>
 """

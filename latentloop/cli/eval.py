@@ -20,12 +20,16 @@ runs once and the recurrence is read out at every depth.
   --exit   adds adaptive-exit runs of the generation tasks (each depth is the cap), reporting
            accuracy and mean iterations per token.
 
-Writes OUT/results.json and PNG plots of each metric against depth.
+Writes OUT/results.json and PNG plots of each metric against depth. The bundled 'default' model
+reads only pointer chains (its alphabet is 0-9 a-i A-I =): docs/pointers-validation.jsonl holds 50
+of its held-out problems; a text file needs a text model such as the one
+`latentloop train recipes/stories-small.toml` writes to runs/stories-small/model (its byte-level
+BPE spells any text; a character-level tokenizer names the characters it does not know).
 
 examples:
-  latentloop eval default --data ../shared/data/tinyshakespeare/input.txt --depths 1 4 8 16 32 --limit 20
+  latentloop eval default --task docs/pointers-validation.jsonl --depths 1 8 16 32 --exit kl:5e-4 --limit 20
+  latentloop eval runs/stories-small/model --data ../shared/data/tinyshakespeare/input.txt --depths 1 4 8 32
   latentloop eval path/to/ckpt --data data/val --depths 1 4 8 16 32 64 --out eval-val
-  latentloop eval default --task arith.jsonl --depths 1 8 32 --exit kl:5e-4 --out eval-arith
   latentloop eval path/to/ckpt --task gsm8k/test.jsonl --format gsm8k --limit 50 --depths 4 16 32
   latentloop eval path/to/ckpt --task mc.jsonl --fewshot 3 --chat --depths 8 32
 """

@@ -19,6 +19,7 @@ examples:
   latentloop generate runs/stories-small/model "Once upon a time" --draft-steps 4 --lookahead 4 --steps 32
   latentloop generate runs/stories-small/model "Once upon a time" --steps 32 --compile --max-new-tokens 512
   latentloop generate path/to/model "Hello" --temperature 0.8 --top-p 0.9 --seed 0 --stop "\\n\\n"
+  latentloop generate path/to/weights-only --ids 0,10,6,24 --max-new-tokens 8   # ids in, ids out
 """
 
 
@@ -122,13 +123,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="continue a prompt (streams; adaptive depth, speculation, sampling)",
                        description=DESCRIPTION, formatter_class=Formatter)
     add_generation_options(p)
-    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("prompt", nargs="?", default=None, help="the text to continue (or --ids)")
+    p.add_argument("--ids", default=None, metavar="1,2,3",
+                   help="continue these token ids instead of a text and print the new ids (comma-separated): "
+                        "works for a model directory without tokenizer.json")
     p.set_defaults(func=run)
+
+
+def parse_ids(text: str) -> list[int]:
+    """`--ids 1,2,3` -> [1, 2, 3] (spaces allowed; every id an integer >= 0)."""
+    pieces = [piece.strip() for piece in text.split(",")]
+    if not all(piece.isdigit() for piece in pieces):
+        raise ValueError(f"--ids takes comma-separated token ids (integers >= 0) such as 0,13,22; got {text!r}")
+    return [int(piece) for piece in pieces]
+
+
+def run_ids(args: argparse.Namespace) -> int:
+    """`--ids`: token ids in, new token ids out (the tokenizer, when there is one, supplies stop ids)."""
+    from ..checkpoint import load_model, resolve_model_dir
+    from ..generate import generate
+    from ..tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    ids = parse_ids(args.ids)
+    has_tokenizer = (resolve_model_dir(args.model) / TOKENIZER_FILE).is_file()
+    tokenizer = load_tokenizer(args.model) if has_tokenizer else None
+    if args.stop and tokenizer is None:
+        raise ValueError(f"--stop matches text, and {args.model} has no {TOKENIZER_FILE} to read it with; "
+                         "without one, generation ends at --max-new-tokens")
+    model = load_model(args.model, dtype=args.dtype)
+    result = generate(model, ids, tokenizer, **generation_options(args, model.config.mean_recurrence))
+    print(",".join(str(i) for i in result.tokens[0]))
+    print(f"[{result.summary()}]", file=sys.stderr)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from ..generate import stream
 
+    if args.prompt is None and args.ids is None:
+        raise ValueError('nothing to continue: give a text prompt ("73BACbb6baa9Bbb7b=") or token ids (--ids 0,10,6)')
+    if args.prompt is not None and args.ids is not None:
+        raise ValueError("give a text prompt or --ids, not both")
+    if args.ids is not None:
+        return run_ids(args)
     model, tokenizer = load(args)
     text = stream(model, args.prompt, tokenizer, **generation_options(args, model.config.mean_recurrence))
     for piece in text:

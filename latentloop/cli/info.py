@@ -6,7 +6,9 @@ import argparse
 import json
 
 DESCRIPTION = """Show a model's configuration, its parameters by part, and for several iteration
-counts the materialized parameters, forward FLOPs per token and effective depth.
+counts the materialized parameters (the unrolled model: each iteration with its own adapter and
+core), forward FLOPs per token (2 x the weights a token multiplies with in that unrolled model)
+and effective depth.
 MODEL is a preset name, a checkpoint directory, 'default' or a hub id. Nothing is allocated:
 the counts come from the meta device.
 
@@ -29,10 +31,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_config(model: str):
-    from ..checkpoint import load_config
+    from pathlib import Path
+
+    from ..checkpoint import CheckpointError, load_config
     from ..config import PRESETS
 
-    return PRESETS[model] if model in PRESETS else load_config(model)
+    if model in PRESETS:
+        return PRESETS[model]
+    try:
+        return load_config(model)
+    except CheckpointError:
+        if Path(model).expanduser().exists() or len(model.split("/")) == 2:  # a directory, or a hub id
+            raise
+        raise ValueError(
+            f"{model!r} is not a preset and no such directory exists: expected a preset name "
+            f"({', '.join(PRESETS)}), a checkpoint directory holding config.json, 'default' or a hub id (org/name)"
+        ) from None
 
 
 def human(n: float) -> str:
@@ -43,7 +57,7 @@ def human(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..accounting import count_parameters, depth_table
+    from ..accounting import MATERIALIZED_RULE, count_parameters, depth_table
 
     if any(r < 1 for r in args.steps):
         raise ValueError(f"--steps must all be >= 1, got {args.steps}")
@@ -51,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     params = count_parameters(config)
     table = depth_table(config, tuple(args.steps))
     if args.json:
-        print(json.dumps({"config": config.to_dict(), "parameters": params.as_dict(), "depth": table}, indent=2))
+        print(json.dumps({"config": config.to_dict(), "parameters": params.as_dict(), "depth": table,
+                          "rule": MATERIALIZED_RULE.replace("\n", " ")}, indent=2))
         return 0
     print(f"model: {args.model}")
     for key, value in config.to_dict().items():
@@ -64,4 +79,5 @@ def run(args: argparse.Namespace) -> int:
     for row in table:
         print(f"  {row['num_steps']:>10}  {human(row['materialized_parameters']):>20}  "
               f"{human(row['flops_per_token']):>12}  {row['effective_depth']:>15}")
+    print("\n" + "\n".join(f"  {line}" for line in MATERIALIZED_RULE.splitlines()))
     return 0

@@ -26,7 +26,11 @@ try:
     from lm_eval.api.registry import register_model
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 except ImportError as err:  # the adapter is an optional extra
-    raise ImportError(f"the lm-eval adapter needs lm_eval ({err}): pip install 'latentloop[eval]'") from err
+    MISSING = f"the lm-eval adapter needs lm_eval ({err}): pip install 'latentloop[eval]'"
+    if __name__ == "__main__":  # `python -m latentloop.eval.harness`: one line, no traceback
+        print(f"python -m latentloop.eval.harness: error: {MISSING}", file=sys.stderr)
+        sys.exit(2)
+    raise ImportError(MISSING) from err
 
 from ..checkpoint import load_model
 from ..exits import parse_exit

@@ -39,7 +39,10 @@ def load_tokens(path: str | Path, vocab_size: int, tokenizer: Tokenizer | None =
     elif path.suffix in TEXT_SUFFIXES:
         if tokenizer is None:
             raise ValueError(f"{path} is text: it needs the model's tokenizer (tokenizer.json beside the weights)")
-        array = np.asarray(tokenizer.encode(read_text(path)), dtype=np.int64)
+        try:
+            array = np.asarray(tokenizer.encode(read_text(path)), dtype=np.int64)
+        except ValueError as err:  # characters a character-level tokenizer cannot spell: name them
+            raise ValueError(f"{path}: {err}; this text does not fit the model") from None
     else:
         raise ValueError(
             f"unknown data file format {path.suffix!r} for {path}: pass a `data prepare` directory, token ids "

@@ -112,20 +112,22 @@ def load_model(
 
     with torch.device("meta"):
         model = RecurrentDepthLM(config)
-    expected = {k: v for k, v in model.state_dict().items()}
-    if config.tie_embeddings:
+    expected = dict(model.state_dict())
+    if config.tie_embeddings:  # the head is the embedding: a stored copy is checked, not loaded
         expected.pop("lm_head.weight")
 
     tensors: dict[str, torch.Tensor] = {}
+    stored_head: torch.Tensor | None = None
     unexpected: list[str] = []
     mismatched: list[str] = []
     for file in _weight_files(directory):
         _check_safetensors(file)
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                if name in IGNORED_TENSORS or (name == "lm_head.weight" and config.tie_embeddings):
-                    if name == "lm_head.weight":
-                        tensors[name] = f.get_tensor(name)
+                if name in IGNORED_TENSORS:
+                    continue
+                if name == "lm_head.weight" and config.tie_embeddings:
+                    stored_head = f.get_tensor(name)
                     continue
                 if name not in expected:
                     unexpected.append(name)
@@ -138,7 +140,11 @@ def load_model(
     missing = sorted(set(expected) - set(tensors))
     problems = []
     if missing:
-        problems.append(f"missing tensors: {missing}")
+        hint = ""
+        if "lm_head.weight" in missing and not config.tie_embeddings:
+            hint = (" (config.json says tie_embeddings false, so the head is stored separately; "
+                    "if the head is the embedding, set tie_embeddings to true)")
+        problems.append(f"missing tensors: {missing}{hint}")
     if unexpected:
         problems.append(f"unexpected tensors: {sorted(unexpected)}")
     if mismatched:
@@ -150,8 +156,7 @@ def load_model(
         raise CheckpointError(f"{directory}: tensor(s) {not_finite[:5]}{' ...' if len(not_finite) > 5 else ''} hold "
                               "NaN or inf values; the weights are corrupt (a diverged run?): use an earlier checkpoint")
 
-    duplicate_head = tensors.pop("lm_head.weight", None)
-    if duplicate_head is not None and not torch.equal(duplicate_head, tensors["transformer.wte.weight"]):
+    if stored_head is not None and not torch.equal(stored_head, tensors["transformer.wte.weight"]):
         raise CheckpointError(
             f"{directory}: tie_embeddings is true but lm_head.weight differs from transformer.wte.weight; "
             "set tie_embeddings to false in config.json to load separate weights"

@@ -117,6 +117,7 @@ class ModelConfig:
             "rope_base": self.rope_base,
             "norm_eps": self.norm_eps,
             "tie_embeddings": self.tie_embeddings,
+            **({} if self.tie_embeddings else {"tie_word_embeddings": False}),  # as huginn's own configs write it
             "qk_bias": self.qk_bias,
             "bias": False,
             "mean_recurrence": self.mean_recurrence,
@@ -164,7 +165,7 @@ class ModelConfig:
             "context_length": ("block_size", None), "n_prelude": ("n_layers_in_prelude", None),
             "n_core": ("n_layers_in_recurrent_block", None), "n_coda": ("n_layers_in_coda", None),
             "rope_base": ("rope_base", 50000.0), "norm_eps": ("norm_eps", 1e-6),
-            "tie_embeddings": ("tie_embeddings", True), "qk_bias": ("qk_bias", True),
+            "qk_bias": ("qk_bias", True),
             "mean_recurrence": ("mean_recurrence", 32), "mean_backprop_depth": ("mean_backprop_depth", 8),
         }
         kinds = {f.name: f.type for f in fields(cls)}
@@ -178,6 +179,7 @@ class ModelConfig:
             values[name] = value
         if wrong:
             raise ConfigError(f"{source}: " + "; ".join(wrong))
+        values["tie_embeddings"] = _tie_embeddings(hf, source)
         try:
             return cls(**values)
         except ConfigError as err:
@@ -205,6 +207,22 @@ def _is_kind(value: Any, kind: str) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _tie_embeddings(hf: dict[str, Any], source: str) -> bool:
+    """Whether the head is the embedding: `tie_embeddings`, or the transformers name `tie_word_embeddings`
+    (huginn's configs carry it when false); both absent means tied, both present must agree."""
+    given = {key: hf[key] for key in ("tie_embeddings", "tie_word_embeddings") if key in hf}
+    for key, value in given.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false (got {value!r})")
+    if len(set(given.values())) > 1:
+        raise ConfigError(
+            f"{source}: tie_embeddings is {str(given['tie_embeddings']).lower()} but tie_word_embeddings is "
+            f"{str(given['tie_word_embeddings']).lower()}; make them agree (false when lm_head.weight is stored "
+            "separately from transformer.wte.weight)"
+        )
+    return next(iter(given.values()), True)
 
 
 def field_names() -> list[str]:

@@ -1,4 +1,4 @@
-"""Shared test fixtures: the conformance checkpoint beside the repo, and a tiny saved model."""
+"""Shared test fixtures: the conformance checkpoint beside the repo, a tiny saved model, and an untied one."""
 
 from __future__ import annotations
 
@@ -38,4 +38,30 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.init_weights(torch.Generator().manual_seed(0))
     model.save_pretrained(str(directory))
     tokenizer.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def untied_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model with its own head (tie_embeddings false), shaped unlike the shared fixture (6 heads of 8,
+    1-3-1 layers), every tensor random (norms and biases too), saved in shards of at most 20 kB (the head,
+    the embedding and the blocks land in separate files) with tiny_model_dir's tokenizer beside it.
+    original.pt, beside the directory, holds the exact weights a load must give back."""
+    from latentloop import ModelConfig, RecurrentDepthLM
+    from latentloop.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    config = ModelConfig(hidden_size=48, num_heads=6, intermediate_size=96, vocab_size=tokenizer.vocab_size,
+                         context_length=64, n_prelude=1, n_core=3, n_coda=1, mean_recurrence=3,
+                         mean_backprop_depth=2, tie_embeddings=False)
+    model = RecurrentDepthLM(config)
+    generator = torch.Generator().manual_seed(7)
+    model.init_weights(generator)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    directory = tmp_path_factory.mktemp("untied") / "model"
+    model.save_pretrained(str(directory), max_shard_bytes=20_000)
+    tokenizer.save(directory)
+    torch.save(model.state_dict(), directory.parent / "original.pt")
     return directory

@@ -164,3 +164,109 @@ def test_saved_files_get_ordinary_permissions(conformance_dir, tmp_path):
     os.umask(umask)
     assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+# --- untied heads: lm_head.weight stored and loaded on its own ------------------------------------------------------
+
+def untied_original(untied_model_dir: Path):
+    from latentloop import RecurrentDepthLM
+
+    model = RecurrentDepthLM(load_config(untied_model_dir))
+    model.load_state_dict(torch.load(untied_model_dir.parent / "original.pt"))
+    return model.eval()
+
+
+def test_untied_head_round_trips_through_many_shards(untied_model_dir):
+    config = json.loads((untied_model_dir / "config.json").read_text())
+    assert config["tie_embeddings"] is False and config["tie_word_embeddings"] is False
+    assert config["n_heads"] == 6 and [config[f"n_layers_in_{p}"] for p in ("prelude", "recurrent_block", "coda")] \
+        == [1, 3, 1]
+    weight_map = json.loads((untied_model_dir / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(weight_map.values())) >= 10 and not (untied_model_dir / "model.safetensors").exists()
+    assert weight_map["lm_head.weight"] != weight_map["transformer.wte.weight"]
+
+    original = untied_original(untied_model_dir)
+    assert not torch.equal(original.lm_head.weight, original.transformer.wte.weight)
+    loaded = load_model(untied_model_dir)
+    assert loaded.lm_head.weight is not loaded.transformer.wte.weight
+    assert loaded.state_dict().keys() == original.state_dict().keys()
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    ids = torch.randint(0, loaded.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
+    for steps in (1, 3):
+        assert torch.equal(loaded(ids, num_steps=steps, init_scale=0.0).logits,
+                           original(ids, num_steps=steps, init_scale=0.0).logits)
+    # the head is really used: tying it to the embedding would change the logits
+    original.lm_head.weight = original.transformer.wte.weight
+    assert not torch.allclose(loaded(ids, num_steps=3, init_scale=0.0).logits,
+                              original(ids, num_steps=3, init_scale=0.0).logits)
+    again = untied_model_dir.parent / "again"
+    loaded.save_pretrained(str(again))
+    assert load_config(again) == loaded.config
+    assert torch.equal(load_model(again).lm_head.weight, loaded.lm_head.weight)
+
+
+def test_huginn_style_tie_word_embeddings_alone_means_untied(untied_model_dir, tmp_path):
+    target = tmp_path / "hf"
+    shutil.copytree(untied_model_dir, target)
+    config = json.loads((target / "config.json").read_text())
+    del config["tie_embeddings"]  # transformers' name only, as a config saved by the reference code can have
+    (target / "config.json").write_text(json.dumps(config))
+    loaded = load_model(target)
+    assert loaded.config.tie_embeddings is False
+    assert torch.equal(loaded.lm_head.weight, untied_original(untied_model_dir).lm_head.weight)
+
+
+def test_tie_flags_that_disagree_are_a_clear_error(untied_model_dir, tmp_path):
+    target = tmp_path / "both"
+    shutil.copytree(untied_model_dir, target)
+    config = json.loads((target / "config.json").read_text()) | {"tie_embeddings": True}
+    (target / "config.json").write_text(json.dumps(config))
+    expected = "tie_embeddings is true but tie_word_embeddings is false; make them agree"
+    with pytest.raises(CheckpointError, match=expected):
+        load_model(target)
+
+
+def test_tied_config_over_a_separate_head_is_still_refused(untied_model_dir, tmp_path):
+    """The untied shards with a config that claims a tied head: the stored head (in its own shard) differs
+    from the embedding, so loading must refuse rather than drop it."""
+    target = tmp_path / "claims-tied"
+    shutil.copytree(untied_model_dir, target)
+    config = json.loads((target / "config.json").read_text()) | {"tie_embeddings": True}
+    del config["tie_word_embeddings"]
+    (target / "config.json").write_text(json.dumps(config))
+    expected = ("tie_embeddings is true but lm_head.weight differs from transformer.wte.weight; "
+                "set tie_embeddings to false in config.json to load separate weights")
+    with pytest.raises(CheckpointError, match=expected):
+        load_model(target)
+
+
+def test_untied_config_without_a_stored_head_says_so(conformance_dir, tmp_path):
+    target = copy_checkpoint(conformance_dir, tmp_path)
+    config = json.loads((target / "config.json").read_text()) | {"tie_embeddings": False}
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"missing tensors: \['lm_head.weight'\] \(config.json says "
+                                              r"tie_embeddings false"):
+        load_model(target)
+
+
+def test_cli_info_and_generate_load_the_untied_model(untied_model_dir, capsys):
+    from latentloop import generate
+    from latentloop.cli import main
+    from latentloop.tokenizer import load_tokenizer
+
+    assert main(["info", str(untied_model_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["tie_embeddings"] is False and info["config"]["num_heads"] == 6
+    config = load_config(untied_model_dir)
+    assert info["parameters"]["head"] == config.vocab_size * config.hidden_size
+    assert info["parameters"]["total"] == sum(p.numel() for p in untied_original(untied_model_dir).parameters())
+    assert main(["info", str(untied_model_dir)]) == 0
+    assert "tied to embedding" not in capsys.readouterr().out
+
+    assert main(["generate", str(untied_model_dir), "ROMEO:", "--steps", "3", "--init-scale", "0",
+                 "--max-new-tokens", "8"]) == 0
+    out, err = capsys.readouterr()
+    expected = generate(untied_original(untied_model_dir), "ROMEO:", load_tokenizer(untied_model_dir), num_steps=3,
+                        init_scale=0.0, max_new_tokens=8)
+    assert out == expected.text + "\n" and "3.0 iterations/token" in err

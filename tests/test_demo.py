@@ -5,23 +5,59 @@ import json
 import pytest
 
 from latentloop.cli import main
+from latentloop.cli.demo import DEPTHS, SPLITS
 
 
 def test_demo_json_end_to_end(tmp_path, capsys):
+    """The figures on 6 problems per split equal those recomputed another way (a plain forward pass per
+    depth, instead of the demo's one-pass sweep over all depths), the cached generation figures agree with
+    them, and they show what the bundled model must: more iterations answer better, beyond the
+    non-recurrent baseline, and early exit keeps the answers with fewer iterations."""
+    import torch
+
+    from latentloop import load_model
+    from latentloop.tasks import task_from_dir
+    from latentloop.tasks.base import IGNORE
+
     assert main(["demo", "--limit", "6", "--out", str(tmp_path), "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     plot = tmp_path / "accuracy_vs_iterations.png"
     assert figures["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "figures.json").read_text()) == figures
-    for split in ("in-distribution", "harder"):
-        assert sorted(int(d) for d in figures["accuracy"][split]) == [1, 2, 4, 8, 16, 32, 64]
-        assert all(0 <= a <= 1 for a in figures["accuracy"][split].values())
-        assert 0 <= figures["baseline"][split] <= 1
-    gen = figures["generation"]
-    assert gen["fixed_32"]["mean_iterations"] == 32
-    assert 1 <= gen["exit"]["mean_iterations"] <= 32 and 0 <= gen["kv_budget"]["accuracy"] <= 1
+
+    model, baseline, task = load_model("default"), load_model("baseline"), task_from_dir("default")
+    problems = {label: task.problems(split, 6, seed=0) for split, label in SPLITS.items()}
+
+    @torch.no_grad()
+    def correct(net, split, depth):  # greedy decoding is right iff every answer position's argmax is
+        ids, labels = task.encode(problems[split])
+        predicted = net(ids, num_steps=depth, init_scale=0.0).logits.argmax(-1)
+        return ((predicted == labels) | (labels == IGNORE)).all(-1)
+
+    acc = {split: {int(d): a for d, a in figures["accuracy"][split].items()} for split in problems}
+    hits = {}
+    for split in problems:
+        assert sorted(acc[split]) == DEPTHS
+        for d in DEPTHS:
+            hits[split, d] = correct(model, split, d)
+            assert acc[split][d] == pytest.approx(hits[split, d].float().mean().item()), (split, d)
+        assert figures["baseline"][split] == pytest.approx(correct(baseline, split, 1).float().mean().item())
+    inside, harder = acc["in-distribution"], acc["harder"]
+    assert inside[16] == inside[32] == inside[64] == 1.0 and inside[1] <= 0.5  # thinking longer turns it right
+    assert harder[64] == 1.0 and harder[64] > harder[32] > harder[16]  # deeper chains need more iterations
+    assert figures["baseline"]["in-distribution"] < inside[32]  # same size without recurrence: worse
+
+    gen = figures["generation"]  # cached greedy decoding, a third code path, answers as teacher forcing says
+    assert gen["fixed_32"] == {"accuracy": inside[32], "mean_iterations": 32}
+    assert gen["exit"]["accuracy"] == gen["kv_budget"]["accuracy"] == inside[32]
+    assert gen["exit"]["mean_iterations"] < 24  # the same answers with far fewer than 32 iterations per token
+
     example = figures["example"]
-    assert example["by_iterations"]["32"] == example["answer"]
+    index = next(i for i, p in enumerate(problems["in-distribution"]) if p.prompt == example["prompt"])
+    assert example["answer"] == problems["in-distribution"][index].answer == example["by_iterations"]["32"]
+    assert example["by_iterations"]["1"] != example["answer"]  # the problem shown is one that iterating fixes
+    for d in DEPTHS:  # its generated answer at each depth is right exactly when teacher forcing says so
+        assert (example["by_iterations"][str(d)] == example["answer"]) == bool(hits["in-distribution", d][index])
 
 
 def test_demo_table_names_the_plot(tmp_path, capsys):

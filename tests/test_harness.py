@@ -10,9 +10,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import lm_eval  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+lm_eval = pytest.importorskip(
+    "lm_eval", reason="the harness adapter needs lm-evaluation-harness: pip install 'latentloop[eval]' "
+    "(./setup.sh installs it)")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
@@ -166,8 +169,10 @@ def test_generation_task_end_to_end(lm, tmp_path):
 
     questions = ["To be", "Now is the winter", "O Romeo", "Friends, Romans"]
     prompts = [f"Q: {q}\nA:" for q in questions]
-    answers = [generate(lm.model, [lm.tok.bos_id, *lm.tok.encode(p)], tokenizer=lm.tok, num_steps=3, exit=lm.exit,
-                        init_scale=0.0, max_new_tokens=4, stop=["\n"]).text for p in prompts]
+    alone = [generate(lm.model, [lm.tok.bos_id, *lm.tok.encode(p)], tokenizer=lm.tok, num_steps=3, exit=lm.exit,
+                      init_scale=0.0, max_new_tokens=4, stop=["\n"]) for p in prompts]
+    answers = [out.text for out in alone]
+    before = len(lm.iterations)
     docs = [{"q": q, "a": a} for q, a in zip(questions, answers, strict=True)]
     write_task(tmp_path, "own", docs, docs,  # zero-shot: the train split is never read
                text="Q: {{q}}\\nA:", target="{{a}}", shots=0, until='["\\n"]', max_gen=4, regex="(?s)(.*)")
@@ -175,7 +180,8 @@ def test_generation_task_end_to_end(lm, tmp_path):
                                   log_samples=True)
     assert [s["resps"][0][0] for s in sorted(out["samples"]["own"], key=lambda s: s["doc_id"])] == answers
     assert out["results"]["own"]["exact_match,extract"] == 1.0
-    assert 1.0 <= lm.mean_iterations <= 3.0
+    # the adapter's per-token iterations (exit kl:5e-4, cap 3) are the ones each prompt alone takes
+    assert sorted(lm.iterations[before:]) == sorted(n for out in alone for n in out.iterations[0])
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,7 @@ def test_finetune_cli(tiny_model_dir, chats, tmp_path, capsys):
 def test_lora_trains_only_adapters_and_saves_them_merged(tiny_model_dir, chats, tmp_path):
     """With peft (the `lora` extra): base weights stay frozen, the loss falls, and the saved model is a
     plain checkpoint whose weights are the base plus the merged low-rank updates."""
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install 'latentloop[lora]' (./setup.sh installs it)")
     base_model = latentloop.load_model(tiny_model_dir)
     recipe = {"device": "cpu", "model": {"init_from": str(tiny_model_dir), "mean_recurrence": 3,
                                          "mean_backprop_depth": 2},
@@ -93,3 +94,28 @@ def test_lora_trains_only_adapters_and_saves_them_merged(tiny_model_dir, chats, 
     saved = latentloop.load_model(tmp_path / "lora" / "model")  # strict load: no adapter tensors left
     changed = [n for n, p in saved.state_dict().items() if not torch.equal(p, base_model.state_dict()[n])]
     assert changed and all(n.endswith(("Wqkv.weight", "proj.weight", "fc.weight", "adapter.weight")) for n in changed)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_finetuning_an_untied_model_keeps_its_own_head(untied_model_dir, chats, tmp_path, lora):
+    """From a checkpoint with tie_embeddings false: a full fine-tune trains the head apart from the embedding,
+    a LoRA one leaves it exactly as it was (it carries no adapter); either way the saved model is untied."""
+    if lora:
+        pytest.importorskip("peft", reason="LoRA needs peft: pip install 'latentloop[lora]' (./setup.sh installs it)")
+    base_model = latentloop.load_model(untied_model_dir)
+    recipe = {"device": "cpu", "model": {"init_from": str(untied_model_dir)},
+              "data": {"source": "chat", "path": str(chats), "batch_size": 4, "val_batches": 1},
+              "optim": {"lr": 1e-2}, "lora": {"enabled": lora, "rank": 2},
+              "train": {"steps": 3, "val_every": 3, "peak_flops": 1e9, "val_depths": [3]}}
+    Trainer(load_recipe(None, base=recipe), out=tmp_path / "ft", progress=False).fit()
+    saved = latentloop.load_model(tmp_path / "ft" / "model")
+    assert saved.config == base_model.config and saved.config.tie_embeddings is False
+    assert json.loads((tmp_path / "ft" / "model" / "config.json").read_text())["tie_word_embeddings"] is False
+    assert saved.lm_head.weight is not saved.transformer.wte.weight
+    head_change = saved.lm_head.weight - base_model.lm_head.weight
+    embedding_change = saved.transformer.wte.weight - base_model.transformer.wte.weight
+    if lora:
+        assert torch.equal(head_change, torch.zeros_like(head_change))
+        assert torch.equal(embedding_change, torch.zeros_like(embedding_change))
+    else:
+        assert head_change.abs().max() > 1e-4 and not torch.allclose(head_change, embedding_change)

@@ -87,7 +87,13 @@ def test_micro_model_learns_a_generated_task_and_its_checkpoint_reproduces_valid
 
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "val"] == [120, 240]
-    assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in records if r["kind"] == "train")
+    from latentloop.train.metrics import train_flops_per_token
+
+    cheapest = train_flops_per_token(trainer.config, (0, 1), 24)  # one iteration, all of it backpropagated
+    for r in (r for r in records if r["kind"] == "train"):
+        assert r["tokens"] == 8 * 24  # batch 8 x the task's 24 positions
+        # mfu x peak (1e9 FLOP/s) / tokens per second = model FLOPs per token over the window
+        assert r["mfu"] * 1e9 / r["tokens_per_s"] >= cheapest * (1 - 1e-9)
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-000120", "step-000240"]
     assert latentloop.load_config(tmp_path / "run" / "checkpoints" / "step-000120").vocab_size == 32

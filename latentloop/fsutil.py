@@ -124,8 +124,8 @@ def _leftovers(target: Path) -> dict[str, dict[int, list[Path]]]:
 def recover_directory(target: str | Path) -> None:
     """Finish (or roll back) a replacement of `target` that a killed process left half done, and
     delete its strays. Entries of live processes are left alone. Best effort: errors are ignored."""
-    target = Path(target)
     try:
+        target = Path(target).expanduser().resolve()  # a save through a link journals beside its directory
         found = _leftovers(target)
         dead = {pid for kind in found.values() for pid in kind if pid == -1 or not pid_alive(pid)}
         for pid in sorted(dead):
@@ -138,7 +138,7 @@ def recover_directory(target: str | Path) -> None:
             for kind in ("tmp", "journal", "old", "legacy"):
                 for path in found[kind].get(pid, []):
                     _remove(path)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
         pass
 
 
@@ -155,6 +155,10 @@ def _owned(name: str, owned: tuple[str, ...]) -> bool:
 
 def _finish(target: Path, new: Path, old: Path, owned: tuple[str, ...]) -> None:
     """Steps after the commit; each is idempotent, so recovery can run them again from any point."""
+    try:
+        inside = Path.cwd() == target  # saving into "." replaces the directory the process stands in
+    except OSError:
+        inside = False
     if target.is_dir():
         # carry over everything the new directory did not write and does not own (a run's
         # checkpoints/, metrics.jsonl, a tokenizer, a README): renames, so nothing is copied or lost
@@ -166,6 +170,8 @@ def _finish(target: Path, new: Path, old: Path, owned: tuple[str, ...]) -> None:
         if _between_renames is not None:
             _between_renames(target)
     os.rename(new, target)
+    if inside:
+        os.chdir(target)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
@@ -179,9 +185,7 @@ def atomic_directory(target: str | Path, owned: tuple[str, ...] = ()) -> Iterato
     the new version no longer has, e.g. the shards of an earlier sharded save). A symlink is followed
     (its directory is replaced, the link stays); a regular file at `target` is refused.
     """
-    target = Path(target)
-    if target.is_symlink():
-        target = target.resolve()
+    target = Path(target).expanduser().resolve()  # a symlink's directory, and "." as a named directory
     if target.exists() and not target.is_dir():
         raise FileExistsError(errno.EEXIST, f"{target} is a file, not a directory; pass a directory to save into")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -279,8 +283,9 @@ class DirectoryLock:
             os.close(self._fd)
             self._fd = None
             if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                mine = " (this process: close the earlier one first)" if pid == str(os.getpid()) else ""
                 raise DirectoryLocked(f"{self.directory} is in use by {what or 'another process'} in process "
-                                      f"{pid or 'unknown'} "
+                                      f"{pid or 'unknown'}{mine} "
                                       f"(lock {self.path}); wait for it to finish or stop it, "
                                       "or choose another --out") from None
             raise
@@ -288,10 +293,13 @@ class DirectoryLock:
         os.pwrite(self._fd, f"{os.getpid()}\n{purpose}\n".encode(), 0)
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.close(fd)  # closing drops the flock
+
+    def __del__(self) -> None:
+        self.release()
 
     def __enter__(self) -> DirectoryLock:
         return self

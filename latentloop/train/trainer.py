@@ -420,6 +420,13 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         try:
             return self._fit()
+        finally:
+            if self.lock is not None:  # the run is over: the directory is free again
+                self.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
+        try:
+            return self._train()
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -429,7 +436,7 @@ class Trainer:
             raise OSError(err.errno, f"the disk is full ({err.filename or self.out}: {err.strerror}); "
                                      f"{intact}") from None
 
-    def _fit(self) -> dict[str, Any]:
+    def _train(self) -> dict[str, Any]:
         from tqdm import tqdm
 
         r = self.recipe

@@ -48,9 +48,12 @@ def test_demo_json_end_to_end(tmp_path, capsys):
     assert figures["baseline"]["in-distribution"] < inside[32]  # same size without recurrence: worse
 
     gen = figures["generation"]  # cached greedy decoding, a third code path, answers as teacher forcing says
-    assert gen["fixed_32"] == {"accuracy": inside[32], "mean_iterations": 32}
+    assert gen["fixed_32"] == {"accuracy": inside[32], "mean_iterations": 32, "scored_mean_iterations": 32}
     assert gen["exit"]["accuracy"] == gen["kv_budget"]["accuracy"] == inside[32]
-    assert gen["exit"]["mean_iterations"] < 24  # the same answers with far fewer than 32 iterations per token
+    assert gen["exit"]["scored_mean_iterations"] < 24  # the answer token itself exits early
+    controls = gen["controls"]  # the answer token decoded after one iteration; every token through a 1-slot ring
+    assert controls["exit"]["criterion"] == "kl:1e9" and controls["exit"]["scored_mean_iterations"] == 1
+    assert controls["kv_budget"]["budget"] == 1 and controls["kv_budget"]["scored_mean_iterations"] == 32
 
     example = figures["example"]
     index = next(i for i, p in enumerate(problems["in-distribution"]) if p.prompt == example["prompt"])

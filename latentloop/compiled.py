@@ -225,7 +225,7 @@ class CompiledSteps:
         cache = view.cache
         if cache not in self._caches:  # one graph for every row count and length: marked once, the tensors persist
             for tensor in (t for ring in cache.keys + cache.values for t in ring):
-                torch._dynamo.mark_dynamic(tensor, 0)
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)  # may be 1 row: dynamic where dynamo allows it
                 torch._dynamo.mark_dynamic(tensor, 2)
             self._caches.add(cache)
         slots = view.slots(*self.layers[part], step)

@@ -19,7 +19,7 @@ from .cache import KVCache
 from .engine import Engine, Scheduler
 from .exits import ExitCriterion, parse_exit
 from .model import RecurrentDepthLM
-from .request import Request
+from .request import Request, check_limits
 from .sampling import Sampler
 
 Prompt = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | Tensor
@@ -60,11 +60,7 @@ class GenerateOptions:
         return cls(**options)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(f"num_steps must be an integer >= 1 (iterations of the core per token), "
-                             f"got {self.num_steps!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_limits(self.num_steps, self.max_new_tokens)
         self.exit = parse_exit(self.exit)
         self.sampler = Sampler(self.do_sample, self.temperature, self.top_k, self.top_p, self.min_p,
                                self.repetition_penalty)

@@ -17,6 +17,14 @@ from .exits import ExitCriterion, parse_exit
 from .sampling import Sampler
 
 
+def check_limits(num_steps: int, max_new_tokens: int) -> None:
+    """Depth and length every request (and generate's options, before any request exists) must have."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1 (iterations of the core per token), got {num_steps!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
 class Detokenizer:
     """Incremental decoding: text deltas without re-decoding everything, holding back split UTF-8."""
 
@@ -71,11 +79,7 @@ class Request:
         self.prompt = [int(t) for t in self.prompt]
         if not self.prompt:
             raise ValueError("a prompt is empty (no real tokens); give at least one token")
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(f"num_steps must be an integer >= 1 (iterations of the core per token), "
-                             f"got {self.num_steps!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_limits(self.num_steps, self.max_new_tokens)
         self.exit = parse_exit(self.exit)
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         if self.stop and self.tokenizer is None:

@@ -9,7 +9,10 @@ from latentloop.eval import lm_eval_cli
 
 
 def test_lm_eval_command_without_lm_eval_is_one_line(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval...` now raises ImportError
+    # `import lm_eval...` now raises ImportError, also for submodules an earlier test imported
+    for name in [name for name in sys.modules if name == "lm_eval" or name.startswith("lm_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
     monkeypatch.delitem(sys.modules, "latentloop.eval.harness", raising=False)
     assert lm_eval_cli.main(["--help"]) == 2
     captured = capsys.readouterr()

@@ -7,6 +7,7 @@ limits) and its own random generator, so its tokens never depend on what else ru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -81,7 +82,11 @@ class Request:
             raise ValueError("a prompt is empty (no real tokens); give at least one token")
         check_limits(self.num_steps, self.max_new_tokens)
         self.exit = parse_exit(self.exit)
+        if not (self.init_scale >= 0 and math.isfinite(self.init_scale)):
+            raise ValueError(f"init_scale must be a finite number >= 0 (0: deterministic), got {self.init_scale}")
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if "" in self.stop:
+            raise ValueError('a stop string is empty (it would end every answer at once); drop it or give text')
         if self.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer to read the text; pass tokenizer=... or use stop_ids")
         self.stop_ids = set(self.stop_ids)

@@ -157,3 +157,13 @@ def test_cancel_frees_the_row(model):
     nxt = s.submit(Request([4, 5], max_new_tokens=2, num_steps=4, init_scale=0.0))
     s.run()
     assert len(nxt.tokens) == 2 and nxt.finish_reason == "length"
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("init_scale", -1.0, "init_scale must be a finite number >= 0"),
+    ("init_scale", float("nan"), "init_scale must be a finite number >= 0"),
+    ("stop", "", "a stop string is empty"),
+])
+def test_a_request_refuses_a_bad_init_scale_or_an_empty_stop(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        Request(prompt=[1, 2], **{field: value})

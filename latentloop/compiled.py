@@ -193,8 +193,9 @@ class CompiledSteps:
             with self._tracing():
                 return self._many[part](*args)
         distinct = len({id(s.keys[0]) for s in slots})  # a KV ring shorter than the call hands a slot twice
-        kind = (part, len(slots), distinct, *map(_tensor_kind, (*inputs, ctx.rope)), slots[0].keys[0].dtype,
-                slots[0].keys[0].is_inference())
+        keys = slots[0].keys[0]  # a one-row cache is a graph of its own: dynamo specializes sizes of 1
+        kind = (part, len(slots), distinct, *map(_tensor_kind, (*inputs, ctx.rope)), keys.dtype,
+                keys.is_inference(), keys.shape[0] == 1)
         if kind in self._known:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return graph(*args)

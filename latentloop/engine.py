@@ -268,20 +268,24 @@ class Scheduler:
         self.engine.cache.release(request.row)
 
     def _prefill(self, requests: list[Request]) -> None:
-        """The next chunk of each prompt but its last token, at each request's num_steps, in one forward."""
-        chunks = []
-        for r in requests:
-            end = len(r.prompt) - 1 if self.prefill_chunk is None else min(len(r.prompt) - 1,
-                                                                             r.prefilled + self.prefill_chunk)
-            chunks.append(r.prompt[r.prefilled : end])
-        width = max(len(c) for c in chunks)
-        ids = torch.tensor([c + [0] * (width - len(c)) for c in chunks])
-        self.engine.forward(ids, [r.num_steps for r in requests], rows=[r.row for r in requests],
-                            init_scale=[r.init_scale for r in requests], generators=[r.generator for r in requests],
-                            lengths=[len(c) for c in chunks])
-        for r, chunk in zip(requests, chunks, strict=True):
-            r.prefilled += len(chunk)
-            self.stats.prefill_tokens += len(chunk)
+        """The next chunk of each prompt but its last token, at each request's num_steps, in one forward;
+        requests with `prompt_exit` go one token at a time under their exit criterion, in another."""
+        for group in ([r for r in requests if not r.prompt_exit], [r for r in requests if r.prompt_exit]):
+            if not group:
+                continue
+            chunks = []
+            for r in group:
+                size = 1 if r.prompt_exit else self.prefill_chunk or len(r.prompt)
+                chunks.append(r.prompt[r.prefilled : min(len(r.prompt) - 1, r.prefilled + size)])
+            width = max(len(c) for c in chunks)
+            ids = torch.tensor([c + [0] * (width - len(c)) for c in chunks])
+            self.engine.forward(ids, [r.num_steps for r in group], rows=[r.row for r in group],
+                                exit=[r.exit if r.prompt_exit else None for r in group],
+                                init_scale=[r.init_scale for r in group], generators=[r.generator for r in group],
+                                lengths=[len(c) for c in chunks])
+            for r, chunk in zip(group, chunks, strict=True):
+                r.prefilled += len(chunk)
+                self.stats.prefill_tokens += len(chunk)
 
     def _decode(self, ready: list[Request]) -> None:
         """One step for every ready request: plain rows in one forward, speculative rows by their kind."""

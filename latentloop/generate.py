@@ -49,6 +49,7 @@ class GenerateOptions:
     attention_mask: Tensor | None = None
     compile: bool = False
     prefill_chunk: int | None = None
+    prompt_exit: bool = False
     sampler: Sampler = field(init=False, repr=False)
 
     @classmethod
@@ -75,7 +76,7 @@ class GenerateOptions:
         return Request(prompt, max_new_tokens=max_new_tokens, num_steps=self.num_steps, exit=self.exit,
                        sampler=self.sampler, init_scale=self.init_scale, seed=self.seed, warm_start=self.warm_start,
                        stop_ids=stop_ids, stop=self.stop, draft_steps=self.draft_steps, lookahead=self.lookahead,
-                       tokenizer=tokenizer)
+                       prompt_exit=self.prompt_exit, tokenizer=tokenizer)
 
 
 @dataclass
@@ -219,7 +220,9 @@ def generate(model: RecurrentDepthLM, prompt: Prompt, tokenizer=None, **options)
     tokenizer's), draft_steps + lookahead (self-speculative decoding), attention_mask (for a padded
     tensor prompt), compile (torch.compile the per-token pieces: a one-off compile of ~50-80 s per model,
     then several times faster decoding on a CPU), prefill_chunk (prompt tokens per forward; 1 runs every
-    prompt token as a decode step, under the kv_budget ring).
+    prompt token as a decode step, under the kv_budget ring), prompt_exit (the exit criterion decides
+    every prompt token's depth too, each prompt token decoded on its own: the depth of the whole
+    computation, not only of the new tokens, follows the criterion).
     """
     events = _run(model, prompt, tokenizer, GenerateOptions.from_kwargs(options))
     while True:

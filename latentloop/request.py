@@ -65,6 +65,7 @@ class Request:
     stop: Sequence[str] = ()
     draft_steps: int | None = None
     lookahead: int = 4
+    prompt_exit: bool = False  # the exit criterion decides the prompt's tokens' depth too (one token a step)
     tokenizer: object | None = None
     on_tokens: Callable[[Request, list[int]], None] | None = None
 
@@ -89,6 +90,8 @@ class Request:
             raise ValueError('a stop string is empty (it would end every answer at once); drop it or give text')
         if self.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer to read the text; pass tokenizer=... or use stop_ids")
+        if self.prompt_exit and self.exit is None:
+            raise ValueError("prompt_exit=True applies the exit criterion to the prompt's tokens; give exit=... too")
         self.stop_ids = set(self.stop_ids)
         self.generator: torch.Generator | None = None  # made on the model's device when admitted
         self.detokenizer = Detokenizer(self.tokenizer) if self.tokenizer is not None else None

@@ -163,7 +163,27 @@ def test_cancel_frees_the_row(model):
     ("init_scale", -1.0, "init_scale must be a finite number >= 0"),
     ("init_scale", float("nan"), "init_scale must be a finite number >= 0"),
     ("stop", "", "a stop string is empty"),
+    ("prompt_exit", True, "prompt_exit=True applies the exit criterion to the prompt's tokens; give exit"),
 ])
 def test_a_request_refuses_a_bad_init_scale_or_an_empty_stop(field, value, words):
     with pytest.raises(ValueError, match=words):
         Request(prompt=[1, 2], **{field: value})
+
+
+def test_prompt_exit_decides_the_depth_of_every_prompt_token(model):
+    """With prompt_exit, an exit every iteration meets runs each token, the prompt's too, one iteration:
+    exactly a depth-1 run. Without it the prompt keeps its full depth and the answer differs; a moderate
+    criterion in a batch gives what it gives alone."""
+    prompt = torch.randint(0, 256, (9,), generator=torch.Generator().manual_seed(3)).tolist()
+    base = dict(prompt=prompt, max_new_tokens=6, init_scale=0.0)
+    depth_one = alone(model, dict(base, num_steps=1))
+    everywhere = alone(model, dict(base, num_steps=8, exit=KL(1e9), prompt_exit=True))
+    answer_only = alone(model, dict(base, num_steps=8, exit=KL(1e9)))
+    assert everywhere.tokens == depth_one.tokens and everywhere.iterations == [1] * 6
+    assert answer_only.tokens != everywhere.tokens
+    s = scheduler(model, 2)
+    moderate = dict(base, num_steps=8, exit=KL(0.05, min_steps=2), prompt_exit=True)
+    shallow = dict(base, num_steps=4)
+    batched = [s.submit(Request(**moderate)), s.submit(Request(**shallow))]
+    s.run()
+    assert [r.tokens for r in batched] == [alone(model, moderate).tokens, alone(model, shallow).tokens]

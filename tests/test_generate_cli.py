@@ -51,6 +51,7 @@ def test_generate_options_reach_the_engine(tiny_model_dir, capsys):
         (["--kv-budget", "0"], "kv_budget must be a positive"),
         (["--top-k", "5"], "only apply when sampling"),
         (["--min-steps", "4"], "add --exit"),
+        (["--prompt-exit"], "--prompt-exit applies the exit criterion to the prompt's tokens: add --exit"),
     ],
 )
 def test_generate_bad_flags_are_clear_errors(tiny_model_dir, capsys, flags, message):

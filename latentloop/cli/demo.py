@@ -9,11 +9,11 @@ from pathlib import Path
 
 DESCRIPTION = """Evaluate a model trained on a latentloop reasoning task (default: the bundled one) at
 1, 2, 4, ... 64 iterations on held-out problems from the training distribution and on harder
-ones; compare with the same-size non-recurrent baseline; decode with KL early exit and with a
-4-iteration KV budget against fixed depth 32 (every prompt token decoded through the budgeted cache,
-the answer token under the exit criterion), with two controls that must lose accuracy where the model
-needs depth (an exit after one iteration, a 1-iteration budget); show one problem whose answer changes
-as the model iterates; write a PNG plot of accuracy against iterations.
+ones; compare with the same-size non-recurrent baseline; decode with KL early exit (every token's
+depth, the prompt's included, decided by the criterion) and with a 4-iteration KV budget (every
+prompt token decoded through the budgeted cache) against fixed depth 32, with two controls: an exit
+after one iteration, which must lose what depth gives, and a 1-iteration budget; show one problem
+whose answer changes as the model iterates; write a PNG plot of accuracy against iterations.
 
 examples:
   latentloop demo
@@ -24,7 +24,7 @@ examples:
 
 DEPTHS = [1, 2, 4, 8, 16, 32, 64]
 SPLITS = {"validation": "in-distribution", "test": "harder"}
-CONTROL_EXIT = "kl:1e9"  # a threshold every iteration meets: the answer token exits after min_steps (1)
+CONTROL_EXIT = "kl:1e9"  # a threshold every iteration meets: every token exits after min_steps (1)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,13 +75,15 @@ def measure(args: argparse.Namespace) -> dict:
         val = problems["validation"]
         fixed = generation_accuracy(model, task, val, num_steps=args.steps)
         bar.update()
-        adaptive = generation_accuracy(model, task, val, num_steps=args.steps, exit=args.exit)
+        # prompt_exit: the criterion decides the prompt's tokens too, where this task's depth is spent
+        adaptive = generation_accuracy(model, task, val, num_steps=args.steps, exit=args.exit, prompt_exit=True)
         bar.update()
         # prefill_chunk=1: every prompt token reads the ring as a decoded token would, not the exact prompt pass
         budget = generation_accuracy(model, task, val, num_steps=args.steps, kv_budget=args.kv_budget,
                                      prefill_chunk=1)
         bar.update()
-        no_thinking = generation_accuracy(model, task, val, num_steps=args.steps, exit=CONTROL_EXIT)
+        no_thinking = generation_accuracy(model, task, val, num_steps=args.steps, exit=CONTROL_EXIT,
+                                          prompt_exit=True)
         bar.update()
         one_slot = generation_accuracy(model, task, val, num_steps=args.steps, kv_budget=1, prefill_chunk=1)
         bar.update()

@@ -15,6 +15,7 @@ MODEL is a checkpoint directory with tokenizer.json, 'default' (the bundled mode
 examples:
   latentloop generate default "73BACbb6baa9Bbb7b=" --steps 32
   latentloop generate runs/stories-small/model "Once upon a time" --exit kl:5e-4 --min-steps 4 --max-steps 64
+  latentloop generate default "73BACbb6baa9Bbb7b=" --exit kl:5e-4 --prompt-exit   # exits on the prompt too
   latentloop generate runs/stories-small/model "Once upon a time" --kv-budget 1 --warm-start
   latentloop generate runs/stories-small/model "Once upon a time" --draft-steps 4 --lookahead 4 --steps 32
   latentloop generate runs/stories-small/model "Once upon a time" --steps 32 --compile --max-new-tokens 512
@@ -33,6 +34,8 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
                    help="early exit per token: kl[:5e-4], entropy[:1e-3], latent-diff[:0.03], argmax-stability[:5]")
     g.add_argument("--min-steps", type=int, default=1, help="with --exit: never stop before this many iterations")
     g.add_argument("--max-steps", type=int, default=None, help="with --exit: never run more (default --steps)")
+    g.add_argument("--prompt-exit", action="store_true",
+                   help="with --exit: the criterion decides the prompt's tokens' depth too (one token at a time)")
     g.add_argument("--kv-budget", type=int, default=None, help="keep K/V of only this many iterations per core layer")
     g.add_argument("--warm-start", action="store_true", help="start each token from the previous token's latent")
     g.add_argument("--init-scale", type=float, default=1.0, help="scale of the random initial latent (0 = zeros)")
@@ -68,6 +71,8 @@ def generation_options(args: argparse.Namespace, default_steps: int) -> dict:
         raise ValueError(f"{', '.join(given)} only apply when sampling: add --temperature (e.g. 0.8)")
     if args.exit is None and (args.min_steps != 1 or args.max_steps is not None):
         raise ValueError("--min-steps/--max-steps bound an early exit: add --exit (e.g. --exit kl:5e-4)")
+    if args.prompt_exit and args.exit is None:
+        raise ValueError("--prompt-exit applies the exit criterion to the prompt's tokens: add --exit (e.g. kl:5e-4)")
     check_generation_args(args, default_steps)
     greedy = args.temperature == 0
     return dict(
@@ -78,7 +83,7 @@ def generation_options(args: argparse.Namespace, default_steps: int) -> dict:
         seed=args.seed if args.seed is not None or not greedy else 0,
         exit=parse_exit(args.exit, args.min_steps, args.max_steps), kv_budget=args.kv_budget,
         warm_start=args.warm_start, stop=[unescape(s) for s in args.stop or []], draft_steps=args.draft_steps,
-        lookahead=args.lookahead, compile=args.compile,
+        lookahead=args.lookahead, compile=args.compile, prompt_exit=args.prompt_exit,
     )
 
 

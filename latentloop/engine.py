@@ -30,6 +30,7 @@ class Forward:
     logits: Tensor  # [B, S, V] float32
     state: Tensor  # [B, S, h] final recurrent state (what warm start feeds to the next token)
     iterations: Tensor  # [B] iterations each row ran
+    embedding: Tensor  # [B, S, h] the prelude's output injected at every iteration (the parallel sampler mixes it)
 
 
 def _per_row(value, batch: int) -> list:
@@ -66,11 +67,13 @@ class Engine:
         exit: ExitCriterion | None | list[ExitCriterion | None] = None, state: Tensor | list | None = None,
         provisional: bool = False, init_scale: float | list[float] | None = None,
         generators: list[torch.Generator | None] | None = None, lengths: list[int] | None = None,
+        embedding_mix: tuple[Tensor, Tensor] | None = None,
     ) -> Forward:
         """Append `ids` [B, S] to cache rows `rows` (default 0..B-1); with `lengths`, row i holds only its
         first lengths[i] tokens (right padding: several prompts prefilled in one forward). Depth, exit,
         initial state (`state` [B, S, h], or a list with None for a random start), init scale and generator
-        may differ per row. `provisional` tokens are rewound before others read them (`KVCache.commit`)."""
+        may differ per row. `provisional` tokens are rewound before others read them (`KVCache.commit`).
+        `embedding_mix` = (previous [B, S, h], weight [B, S, 1]) moves each injection toward `previous`."""
         model, cache = self.model, self.cache
         batch, length = ids.shape
         rows = list(range(batch)) if rows is None else rows
@@ -89,11 +92,14 @@ class Engine:
             ids, depths, criteria = ids[index], depths + [depths[0]] * pad, criteria + [None] * pad
         ctx = model.context(length, position_ids=view.positions, cache=view)
         e = run.embed(ids, ctx)
+        if embedding_mix is not None:
+            previous, weight = embedding_mix
+            e = torch.cat([e[:batch].lerp(previous.to(e.dtype), weight.to(e.dtype)), e[batch:]])
         x = self._initial_state(e, state, init_scale, generators, counts)
         x, iterations = self._iterate(run, x, e, ctx, depths, criteria)
         logits = run.decode(x, ctx)[1]
         cache.commit(rows, counts, iterations[:batch], provisional=provisional)
-        return Forward(logits[:batch], x[:batch], torch.tensor(iterations[:batch]))
+        return Forward(logits[:batch], x[:batch], torch.tensor(iterations[:batch]), e[:batch])
 
     def _initial_state(self, e: Tensor, state, init_scale, generators, counts: list[int]) -> Tensor:
         """Each row's own start: a given state, or noise from the row's generator for its `counts[i]` real
@@ -215,6 +221,10 @@ class Scheduler:
         if request.depth > cache.num_steps:
             raise ValueError(f"num_steps {request.depth} is above this engine's maximum of {cache.num_steps} "
                              "iterations per token; ask for fewer")
+        if request.parallel is not None:
+            from .parallel import check_parallel
+
+            check_parallel(request, cache)
         if request.draft_steps is not None:
             from .speculative import check_speculative
 
@@ -288,11 +298,19 @@ class Scheduler:
                 self.stats.prefill_tokens += len(chunk)
 
     def _decode(self, ready: list[Request]) -> None:
-        """One step for every ready request: plain rows in one forward, speculative rows by their kind."""
+        """One step for every ready request: plain rows in one forward, parallel rows in another,
+        speculative rows by their kind."""
         self.stats.decode_steps += 1
-        plain = [r for r in ready if r.draft_steps is None]
+        plain = [r for r in ready if r.draft_steps is None and r.parallel is None]
         if plain:
             self._plain_step(plain)
+        parallel = [r for r in ready if r.parallel is not None]
+        if parallel:
+            from .parallel import parallel_step
+
+            for request, (tokens, iterations) in zip(parallel, parallel_step(self.engine, parallel), strict=True):
+                if tokens:  # a step may commit nothing: every position still moving
+                    self._deliver(request, tokens, iterations)
         kinds: dict[tuple, list[Request]] = {}
         for r in ready:
             if r.draft_steps is not None:

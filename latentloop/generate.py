@@ -19,9 +19,11 @@ from .cache import KVCache
 from .engine import Engine, Scheduler
 from .exits import ExitCriterion, parse_exit
 from .model import RecurrentDepthLM
+from .parallel import Parallel
 from .request import Request, check_limits
 from .sampling import Sampler
 
+PARALLEL_SETTINGS = ("inner_steps", "freeze", "epsilon", "noise", "embed_ema", "headway", "max_wavefront")
 Prompt = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | Tensor
 
 
@@ -50,7 +52,16 @@ class GenerateOptions:
     compile: bool = False
     prefill_chunk: int | None = None
     prompt_exit: bool = False
-    sampler: Sampler = field(init=False, repr=False)
+    sampler: str = "plain"  # or "parallel": the diffusion-forcing sampler, with the settings below
+    inner_steps: int | None = None
+    freeze: str | None = None
+    epsilon: float | None = None
+    noise: float | None = None
+    embed_ema: float | None = None
+    headway: int | None = None
+    max_wavefront: int | None = None
+    sampling: Sampler = field(init=False, repr=False)
+    parallel: Parallel | None = field(init=False, repr=False)
 
     @classmethod
     def from_kwargs(cls, options: dict) -> GenerateOptions:
@@ -63,8 +74,17 @@ class GenerateOptions:
     def __post_init__(self) -> None:
         check_limits(self.num_steps, self.max_new_tokens)
         self.exit = parse_exit(self.exit)
-        self.sampler = Sampler(self.do_sample, self.temperature, self.top_k, self.top_p, self.min_p,
-                               self.repetition_penalty)
+        self.sampling = Sampler(self.do_sample, self.temperature, self.top_k, self.top_p, self.min_p,
+                                self.repetition_penalty)
+        settings = {name: getattr(self, name) for name in PARALLEL_SETTINGS if getattr(self, name) is not None}
+        if self.sampler not in ("plain", "parallel"):
+            raise ValueError(f"sampler must be 'plain' or 'parallel', got {self.sampler!r}")
+        if settings and self.sampler != "parallel":
+            raise ValueError(f"{', '.join(settings)}: settings of the parallel sampler only; add sampler='parallel' "
+                             "(--sampler parallel)")
+        self.parallel = Parallel(**settings) if self.sampler == "parallel" else None
+        if self.parallel is not None and self.kv_budget is None:
+            self.kv_budget = 1  # committed tokens keep the K/V of their last iteration
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @property
@@ -74,9 +94,9 @@ class GenerateOptions:
     def request(self, prompt: list[int], tokenizer, max_new_tokens: int) -> Request:
         stop_ids = self.stop_ids if self.stop_ids is not None else tokenizer.stop_ids if tokenizer is not None else []
         return Request(prompt, max_new_tokens=max_new_tokens, num_steps=self.num_steps, exit=self.exit,
-                       sampler=self.sampler, init_scale=self.init_scale, seed=self.seed, warm_start=self.warm_start,
+                       sampler=self.sampling, init_scale=self.init_scale, seed=self.seed, warm_start=self.warm_start,
                        stop_ids=stop_ids, stop=self.stop, draft_steps=self.draft_steps, lookahead=self.lookahead,
-                       prompt_exit=self.prompt_exit, tokenizer=tokenizer)
+                       prompt_exit=self.prompt_exit, parallel=self.parallel, tokenizer=tokenizer)
 
 
 @dataclass
@@ -222,7 +242,10 @@ def generate(model: RecurrentDepthLM, prompt: Prompt, tokenizer=None, **options)
     then several times faster decoding on a CPU), prefill_chunk (prompt tokens per forward; 1 runs every
     prompt token as a decode step, under the kv_budget ring), prompt_exit (the exit criterion decides
     every prompt token's depth too, each prompt token decoded on its own: the depth of the whole
-    computation, not only of the new tokens, follows the criterion).
+    computation, not only of the new tokens, follows the criterion), sampler ('plain', or 'parallel':
+    the diffusion-forcing sampler refining a wavefront of positions at once, `parallel.py`, with
+    inner_steps, freeze, epsilon, noise, embed_ema, headway, max_wavefront; it runs on a one-slot
+    KV ring, so kv_budget defaults to 1 there).
     """
     events = _run(model, prompt, tokenizer, GenerateOptions.from_kwargs(options))
     while True:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .exits import ExitCriterion, parse_exit
 from .sampling import Sampler
+
+if TYPE_CHECKING:
+    from .parallel import Parallel, Wavefront
 
 
 def check_limits(num_steps: int, max_new_tokens: int) -> None:
@@ -66,6 +70,7 @@ class Request:
     draft_steps: int | None = None
     lookahead: int = 4
     prompt_exit: bool = False  # the exit criterion decides the prompt's tokens' depth too (one token a step)
+    parallel: Parallel | None = None  # the parallel (diffusion-forcing) sampler's settings; None: one token a step
     tokenizer: object | None = None
     on_tokens: Callable[[Request, list[int]], None] | None = None
 
@@ -98,6 +103,7 @@ class Request:
         self.seen: Tensor | None = None  # [1, V] tokens so far, for the repetition penalty
         self.state: Tensor | None = None  # [1, 1, h] the last token's final state (warm start)
         self.row: int | None = None
+        self.wavefront: Wavefront | None = None  # the parallel sampler's uncommitted positions
         self.prefilled = 0  # prompt tokens in the cache
         self.first_token_time: float | None = None
 

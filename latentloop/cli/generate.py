@@ -16,6 +16,7 @@ examples:
   latentloop generate default "73BACbb6baa9Bbb7b=" --steps 32
   latentloop generate runs/stories-small/model "Once upon a time" --exit kl:5e-4 --min-steps 4 --max-steps 64
   latentloop generate default "73BACbb6baa9Bbb7b=" --exit kl:5e-4 --prompt-exit   # exits on the prompt too
+  latentloop generate runs/stories-small/model "Once upon a time" --sampler parallel --inner-steps 4
   latentloop generate runs/stories-small/model "Once upon a time" --kv-budget 1 --warm-start
   latentloop generate runs/stories-small/model "Once upon a time" --draft-steps 4 --lookahead 4 --steps 32
   latentloop generate runs/stories-small/model "Once upon a time" --steps 32 --compile --max-new-tokens 512
@@ -42,6 +43,18 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-steps", type=int, default=None,
                    help="self-speculative decoding: draft with this many iterations, verify with --steps")
     g.add_argument("--lookahead", type=int, default=4, help="tokens drafted per speculative round")
+    w = p.add_argument_group("parallel sampler (--sampler parallel: a wavefront of positions refined at once)")
+    w.add_argument("--sampler", choices=["plain", "parallel"], default="plain")
+    w.add_argument("--inner-steps", type=int, default=None, help="core iterations per outer step (default 4)")
+    w.add_argument("--freeze", choices=["prefix", "rightmost", "fixed"], default=None,
+                   help="which converged positions commit (default prefix)")
+    w.add_argument("--epsilon", type=float, default=None, help="relative latent change that counts as converged "
+                                                                "(default 0.03)")
+    w.add_argument("--noise", type=float, default=None, help="beta: noise mixed into the states (default 0)")
+    w.add_argument("--embed-ema", type=float, default=None, help="eta: weight of a position's previous embedding "
+                                                                  "(default 0.1)")
+    w.add_argument("--headway", type=int, default=None, help="positions appended per outer step (default 1)")
+    w.add_argument("--max-wavefront", type=int, default=None, help="most positions refined at once (default 128)")
     s = p.add_argument_group("sampling")
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     s.add_argument("--top-k", type=int, default=None)
@@ -62,6 +75,7 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
 def generation_options(args: argparse.Namespace, default_steps: int) -> dict:
     """Command-line flags -> keyword arguments of `latentloop.generate` (--steps defaults to the model's)."""
     from ..exits import parse_exit
+    from ..generate import PARALLEL_SETTINGS
 
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
@@ -83,7 +97,8 @@ def generation_options(args: argparse.Namespace, default_steps: int) -> dict:
         seed=args.seed if args.seed is not None or not greedy else 0,
         exit=parse_exit(args.exit, args.min_steps, args.max_steps), kv_budget=args.kv_budget,
         warm_start=args.warm_start, stop=[unescape(s) for s in args.stop or []], draft_steps=args.draft_steps,
-        lookahead=args.lookahead, compile=args.compile, prompt_exit=args.prompt_exit,
+        lookahead=args.lookahead, compile=args.compile, prompt_exit=args.prompt_exit, sampler=args.sampler,
+        **{name: value for name in PARALLEL_SETTINGS if (value := getattr(args, name)) is not None},
     )
 
 

@@ -63,6 +63,7 @@ class Wavefront:
     states: Tensor  # [W, h]
     embeddings: Tensor | None  # [W, h], None before the first step
     iterations: list[int] = field(default_factory=list)  # done at each position
+    history: list[tuple[int, int, int]] = field(default_factory=list)  # per step: tokens before, width, committed
 
 
 def check_parallel(request: Request, cache: KVCache) -> None:
@@ -115,6 +116,7 @@ def parallel_step(engine: Engine, requests: list[Request]) -> list[tuple[list[in
         candidates = [int(r.sampler(logits[p : p + 1], r.seen, r.generator)) for p in range(n)]
         iterations = [k + r.parallel.inner_steps for k in f.iterations]
         committed = _committed(r, f, candidates, change[i, :n].tolist(), iterations)
+        f.history.append((len(r.tokens), n, committed))
         cache.rewind(r.row, starts[i] + committed)
         results.append((candidates[:committed], iterations[:committed]))
         _advance(model, r, f, candidates, out.state[i, :n], out.embedding[i, :n], iterations, committed)

@@ -54,6 +54,10 @@ def test_the_cache_holds_exactly_the_committed_tokens_after_every_step(model):
                 assert scheduler.engine.cache.lengths[r.row] == committed
                 widths.add(len(r.wavefront.tokens))
     assert max(widths) > 1 and all(len(r.tokens) == 12 and r.finish_reason == "length" for r in requests)
+    for r in requests:  # the history the wavefront picture is drawn from adds up
+        history = r.wavefront.history
+        assert sum(c for _, _, c in history) == 12 and [b for b, _, _ in history][-1] < 12
+        assert all(later >= earlier for (earlier, _, _), (later, _, _) in zip(history, history[1:], strict=False))
 
 
 def test_stop_ids_and_strings_end_a_row_and_depth_is_saved_on_the_bundled_model():

@@ -1,0 +1,160 @@
+"""latentloop.hf: huginn checkpoints through transformers' Auto classes, generate, pipeline, PEFT and lm-eval."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", minversion="5", reason="the hf extra: pip install 'latentloop[hf]'")
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+import latentloop.hf as lhf  # noqa: E402
+from latentloop import generate, load_model  # noqa: E402
+from latentloop.checkpoint import resolve_model_dir, save_model  # noqa: E402
+from latentloop.tokenizer import load_tokenizer  # noqa: E402
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: a second intra-op thread only adds synchronisation (on a busy 2-core CI
+    machine, many times the work itself)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def hf_model(conformance_dir):
+    return AutoModelForCausalLM.from_pretrained(conformance_dir / "checkpoint", trust_remote_code=False)
+
+
+def test_the_reference_auto_map_is_not_needed(conformance_dir):
+    directory = conformance_dir / "checkpoint"
+    assert "auto_map" in json.loads((directory / "config.json").read_text())
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    assert isinstance(config, lhf.HuginnConfig) and config.to_model_config() == load_model(directory).config
+
+
+@pytest.mark.parametrize("steps", [1, 4, 16])
+def test_logits_match_the_reference(hf_model, conformance_cases, steps):
+    out = hf_model(conformance_cases["input_ids"], num_steps=steps, init_scale=0.0)
+    torch.testing.assert_close(out.logits, conformance_cases[f"logits_zero_r{steps}"], **TOL)
+    torch.testing.assert_close(out.latent, conformance_cases[f"latents_zero_r{steps}"], **TOL)
+    no_cache = hf_model(conformance_cases["input_ids"], num_steps=steps, init_scale=0.0, use_cache=False)
+    assert no_cache.cache is None
+    torch.testing.assert_close(no_cache.logits, out.logits, **TOL)
+
+
+def test_explicit_initial_state_matches_the_reference(hf_model, conformance_cases):
+    out = hf_model(conformance_cases["input_ids"], num_steps=4, initial_state=conformance_cases["input_states"])
+    torch.testing.assert_close(out.logits, conformance_cases["logits_states_r4"], **TOL)
+
+
+@pytest.mark.parametrize("steps", [2, 8])
+def test_generate_greedy_matches_the_reference(hf_model, conformance_cases, steps):
+    prompt = conformance_cases["greedy_prompt"]
+    out = hf_model.generate(prompt, num_steps=steps, init_scale=0.0, max_new_tokens=10, do_sample=False)
+    assert out[0, prompt.shape[1]:].tolist() == conformance_cases[f"greedy_r{steps}"][0].tolist()
+    # the same model through latentloop's own engine (the whole feature set is reachable)
+    ours = generate(hf_model.latentloop_model, prompt, num_steps=steps, init_scale=0.0, max_new_tokens=10)
+    assert ours.tokens[0] == conformance_cases[f"greedy_r{steps}"][0].tolist()
+
+
+def test_cache_prefill_in_pieces_equals_one_forward(hf_model, conformance_cases):
+    ids = conformance_cases["input_ids"]
+    full = hf_model(ids, num_steps=3, init_scale=0.0).logits
+    cache = lhf.RecurrentCache(hf_model.latentloop_model.config)
+    first = hf_model(ids[:, :7], num_steps=3, init_scale=0.0, cache=cache)
+    second = hf_model(ids[:, 7:], num_steps=3, init_scale=0.0, past_key_values=first.cache)
+    assert second.cache is cache and cache.get_seq_length() == ids.shape[1]
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), full, **TOL)
+    with pytest.raises(ValueError, match="RecurrentCache"):
+        filled = transformers.DynamicCache()
+        filled.update(torch.zeros(2, 4, 3, 16), torch.zeros(2, 4, 3, 16), 0)
+        hf_model(ids, cache=filled)
+
+
+def test_kv_budget_is_latentloops_ring(hf_model, conformance_cases):
+    prompt = conformance_cases["greedy_prompt"]
+    out = hf_model.generate(prompt, num_steps=6, init_scale=0.0, kv_budget=2, max_new_tokens=8, do_sample=False)
+    ours = generate(hf_model.latentloop_model, prompt, num_steps=6, init_scale=0.0, kv_budget=2, max_new_tokens=8)
+    assert out[0, prompt.shape[1]:].tolist() == ours.tokens[0]
+    cache = hf_model(prompt, num_steps=6, init_scale=0.0, kv_budget=2).cache
+    assert len(cache.layers) == 2 + 4 * 2 + 2  # prelude, core ring, coda
+
+
+def test_padded_batch_equals_each_row_alone(hf_model):
+    rows = [[5, 17, 99, 3, 42, 8, 61], [12, 7, 200], [33, 1, 90, 14]]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    options = dict(num_steps=4, init_scale=0.0, max_new_tokens=6, do_sample=False)
+    batch = hf_model.generate(ids, attention_mask=mask, **options)[:, width:]
+    for row, got in zip(rows, batch, strict=True):
+        alone = hf_model.generate(torch.tensor([row]), **options)[0, len(row):]
+        assert got.tolist() == alone.tolist()
+
+
+def test_generation_config_stop_ids_are_respected(hf_model, conformance_cases, tmp_path):
+    prompt = conformance_cases["greedy_prompt"]
+    expected = conformance_cases["greedy_r8"][0].tolist()
+    shutil.copytree(hf_model.name_or_path, tmp_path / "m")
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"eos_token_id": [expected[3]]}))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    out = model.generate(prompt, num_steps=8, init_scale=0.0, max_new_tokens=10, do_sample=False)
+    assert out[0, prompt.shape[1]:].tolist() == expected[:4]
+    huginn = lhf.HuginnConfig()  # huginn's own vocabulary: its stop ids by default
+    assert huginn.eos_token_id == [65505, 65508, 65504] and huginn.pad_token_id == 65509
+
+
+def test_pipeline_on_the_bundled_model(tmp_path):
+    directory = tmp_path / "default"
+    shutil.copytree(resolve_model_dir("default"), directory)
+    lhf.save_hf_tokenizer(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    assert tokenizer.bos_token == "<|begin_text|>" and tokenizer.padding_side == "left"
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    out = pipe("12a", max_new_tokens=4, num_steps=4, init_scale=0.0, do_sample=False)
+    ours = generate(model.latentloop_model, "12a", tokenizer=load_tokenizer(directory), num_steps=4, init_scale=0.0,
+                    max_new_tokens=4)
+    assert out[0]["generated_text"] == "12a" + ours.text
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        out = model(ids, num_steps=3, init_scale=0.0)
+    return out.logits
+
+
+def test_round_trip_hf_to_latentloop_to_hf(hf_model, conformance_cases, tmp_path):
+    ids = conformance_cases["input_ids"]
+    hf_model.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf")
+    torch.testing.assert_close(_logits(ours, ids), _logits(hf_model, ids), atol=0, rtol=0)
+    save_model(ours, tmp_path / "ours")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
+    torch.testing.assert_close(_logits(back, ids), _logits(hf_model, ids), atol=0, rtol=0)
+    hf_model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    torch.testing.assert_close(_logits(load_model(tmp_path / "sharded"), ids), _logits(hf_model, ids), atol=0, rtol=0)
+
+
+def test_untied_sharded_checkpoint_round_trip(untied_model_dir, tmp_path):
+    original = torch.load(untied_model_dir.parent / "original.pt")
+    model = AutoModelForCausalLM.from_pretrained(untied_model_dir)
+    assert not model.config.tie_word_embeddings
+    state = model.state_dict()
+    assert state.keys() == original.keys() and all(torch.equal(state[k], v) for k, v in original.items())
+    assert not torch.equal(model.lm_head.weight, model.transformer.wte.weight)
+    model.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    ours = load_model(tmp_path / "hf")
+    assert all(torch.equal(ours.state_dict()[k], v) for k, v in original.items())
+    ids = torch.tensor([[3, 9, 27, 81, 11]])
+    torch.testing.assert_close(_logits(ours, ids), _logits(model, ids), atol=0, rtol=0)

@@ -158,3 +158,86 @@ def test_untied_sharded_checkpoint_round_trip(untied_model_dir, tmp_path):
     assert all(torch.equal(ours.state_dict()[k], v) for k, v in original.items())
     ids = torch.tensor([[3, 9, 27, 81, 11]])
     torch.testing.assert_close(_logits(ours, ids), _logits(model, ids), atol=0, rtol=0)
+
+
+def test_peft_lora_trains_and_merges(conformance_dir):
+    peft = pytest.importorskip("peft", reason="the lora extra: pip install 'latentloop[lora]'")
+    model = AutoModelForCausalLM.from_pretrained(conformance_dir / "checkpoint")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["Wqkv", "proj"],
+                                                      task_type="CAUSAL_LM"))
+    trainable = [p for p in lora.parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, p in lora.named_parameters() if p.requires_grad)
+    batch = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss = lora(input_ids=batch, labels=batch, num_steps=2, init_scale=0.0).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
+    with torch.no_grad():
+        adapted = lora(input_ids=batch, num_steps=2, init_scale=0.0).logits
+    merged = lora.merge_and_unload()
+    assert isinstance(merged, lhf.RavenForCausalLM) and not any("lora_" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(_logits_at(merged, batch, 2), adapted, **TOL)
+    # the latentloop view of the merged model shares the merged weights
+    torch.testing.assert_close(merged.latentloop_model(batch, num_steps=2, init_scale=0.0).logits, adapted, **TOL)
+
+
+def _logits_at(model, ids, steps):
+    with torch.no_grad():
+        return model(ids, num_steps=steps, init_scale=0.0).logits
+
+
+MC_YAML = """task: local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+output_type: multiple_choice
+test_split: test
+doc_to_text: "{{{{question}}}}:"
+doc_to_target: label
+doc_to_choice: choices
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_lm_eval_hf_model_scores_as_our_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    """`python -m latentloop.hf.lm_eval --model hf` (lm-eval's own HF model, no remote code) gives the
+    log-likelihoods and accuracy of latentloop's adapter (`--model latentloop`) on a local task."""
+    lm_eval = pytest.importorskip("lm_eval", reason="the eval extra: pip install 'latentloop[eval]'")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from lm_eval.tasks import TaskManager
+
+    from latentloop.eval.harness import LatentLoopLM
+    from latentloop.hf.lm_eval import main
+
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    lhf.save_hf_tokenizer(directory)
+    docs = [{"question": "Pick the animal", "choices": ["cat", "table"], "label": 0},
+            {"question": "Pick the colour", "choices": ["blue", "run", "on"], "label": 0}]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mc.yaml").write_text(MC_YAML.format(data=tmp_path / "mc.jsonl"))
+    main(["--model", "hf", "--model_args", f"pretrained={directory},num_steps=3,init_scale=0,add_bos_token=True",
+          "--device", "cpu", "--batch_size", "2", "--tasks", "local_mc", "--include_path", str(tmp_path / "tasks"),
+          "--output_path", str(tmp_path / "out"), "--log_samples"])
+    hf_samples = [json.loads(line) for line in next((tmp_path / "out").rglob("samples_local_mc_*.jsonl")).open()]
+    hf_results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    ours = lm_eval.simple_evaluate(model=LatentLoopLM(path=str(directory), num_steps=3), tasks=["local_mc"],
+                                   bootstrap_iters=0, log_samples=True,
+                                   task_manager=TaskManager(include_path=str(tmp_path / "tasks"),
+                                                            include_defaults=False))
+    by_doc = {s["doc_id"]: s for s in ours["samples"]["local_mc"]}
+    for sample in hf_samples:
+        expected = [resp[0][0] for resp in by_doc[sample["doc_id"]]["resps"]]
+        assert [float(resp[0][0]) for resp in sample["resps"]] == pytest.approx(expected, abs=1e-4)
+    assert hf_results["results"]["local_mc"]["acc,none"] == ours["results"]["local_mc"]["acc,none"]

@@ -18,6 +18,7 @@ from . import register
 
 def main(argv: list[str] | None = None) -> None:
     try:
+        import lm_eval.models  # noqa: F401 (registers "hf": lm-eval imports its models only into an empty registry)
         from lm_eval.__main__ import cli_evaluate
     except ImportError as err:
         sys.exit(f"python -m latentloop.hf.lm_eval: error: lm-eval is not installed ({err}): "

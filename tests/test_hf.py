@@ -41,6 +41,13 @@ def test_the_reference_auto_map_is_not_needed(conformance_dir):
     assert isinstance(config, lhf.HuginnConfig) and config.to_model_config() == load_model(directory).config
 
 
+def test_a_config_that_cannot_be_built_is_named_at_once():
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        lhf.HuginnConfig(n_embd=66, n_heads=4)
+    with pytest.raises(ValueError, match="kv_budget must be a positive"):
+        lhf.RecurrentCache(lhf.HuginnConfig().to_model_config(), kv_budget=0)
+
+
 @pytest.mark.parametrize("steps", [1, 4, 16])
 def test_logits_match_the_reference(hf_model, conformance_cases, steps):
     out = hf_model(conformance_cases["input_ids"], num_steps=steps, init_scale=0.0)
@@ -160,6 +167,7 @@ def test_untied_sharded_checkpoint_round_trip(untied_model_dir, tmp_path):
     torch.testing.assert_close(_logits(ours, ids), _logits(model, ids), atol=0, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft's call
 def test_peft_lora_trains_and_merges(conformance_dir):
     peft = pytest.importorskip("peft", reason="the lora extra: pip install 'latentloop[lora]'")
     model = AutoModelForCausalLM.from_pretrained(conformance_dir / "checkpoint")
@@ -184,6 +192,28 @@ def test_peft_lora_trains_and_merges(conformance_dir):
     torch.testing.assert_close(_logits_at(merged, batch, 2), adapted, **TOL)
     # the latentloop view of the merged model shares the merged weights
     torch.testing.assert_close(merged.latentloop_model(batch, num_steps=2, init_scale=0.0).logits, adapted, **TOL)
+
+
+def test_activation_checkpointing_is_per_iteration(hf_model, conformance_cases):
+    ids = conformance_cases["input_ids"]
+
+    def loss_and_grad():
+        hf_model.zero_grad()
+        loss = hf_model(ids, labels=ids, num_steps=(2, 2), init_scale=0.0).loss
+        loss.backward()
+        return loss.detach(), hf_model.transformer.adapter.weight.grad.clone()
+
+    plain = loss_and_grad()
+    hf_model.activation_checkpointing_enable()
+    try:
+        assert hf_model.is_activation_checkpointing and hf_model.latentloop_model.checkpoint_iterations
+        checkpointed = loss_and_grad()
+    finally:
+        hf_model.activation_checkpointing_disable()
+        hf_model.disable_input_require_grads()  # enable added a hook on the embedding; this model is shared
+        hf_model.zero_grad(set_to_none=True)
+    assert not hf_model.latentloop_model.checkpoint_iterations
+    torch.testing.assert_close(checkpointed, plain)
 
 
 def _logits_at(model, ids, steps):

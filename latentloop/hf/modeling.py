@@ -47,6 +47,7 @@ class RavenForCausalLM(PreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
     _keys_to_ignore_on_load_unexpected = [r"^freqs_cis$"]  # the published RoPE table; recomputed in float32
     _no_split_modules = ["SandwichBlock"]
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: HuginnConfig) -> None:
         super().__init__(config)
@@ -66,6 +67,13 @@ class RavenForCausalLM(PreTrainedModel, GenerationMixin):
     def _blocks(self) -> list[nn.Module]:
         t = self.transformer
         return [*t.prelude, *t.core_block, *t.coda]
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None,
+                                    every_n_layers: int = 1) -> None:
+        """`activation_checkpointing_enable()`: latentloop's per-iteration checkpointing (huginn's scheme: one
+        recomputed unit per core iteration, memory flat in depth), not transformers' per-layer one."""
+        self.gradient_checkpointing = enable  # what `is_activation_checkpointing` looks for
+        self._latentloop.checkpoint_iterations = enable
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte

@@ -96,6 +96,31 @@ def test_kv_budget_is_latentloops_ring(hf_model, conformance_cases):
     assert len(cache.layers) == 2 + 4 * 2 + 2  # prelude, core ring, coda
 
 
+@pytest.mark.parametrize("kv_budget", [None, 3])
+def test_past_tokens_short_of_an_iteration_are_read_at_their_last(hf_model, conformance_cases, kv_budget):
+    """A prompt run at 2 iterations, then a token at 5: the core slots the prompt never wrote read its last
+    iteration, as latentloop's KVCache does for tokens that exited early."""
+    from latentloop.cache import KVCache
+    from latentloop.engine import Engine
+
+    ids = conformance_cases["input_ids"][:1]
+    prompt, new = ids[:, :8], ids[:, 8:9]
+    first = hf_model(prompt, num_steps=2, init_scale=0.0, kv_budget=kv_budget)
+    got = hf_model(new, num_steps=5, init_scale=0.0, cache=first.cache).logits
+    engine = Engine(hf_model.latentloop_model, KVCache(hf_model.latentloop_model.config, 1, 12, 5, kv_budget),
+                    init_scale=0.0)
+    engine.forward(prompt, num_steps=2)
+    torch.testing.assert_close(got, engine.forward(new, num_steps=5).logits, **TOL)
+
+
+def test_prompt_lookup_decoding_equals_greedy(hf_model, conformance_cases):
+    """transformers' assisted decoding verifies candidates in one forward and crops the cache on a miss."""
+    prompt = torch.cat([conformance_cases["greedy_prompt"]] * 2, dim=1)
+    options = dict(num_steps=3, init_scale=0.0, max_new_tokens=8, do_sample=False)
+    assisted = hf_model.generate(prompt, prompt_lookup_num_tokens=3, **options)
+    torch.testing.assert_close(assisted, hf_model.generate(prompt, **options), atol=0, rtol=0)
+
+
 def test_padded_batch_equals_each_row_alone(hf_model):
     rows = [[5, 17, 99, 3, 42, 8, 61], [12, 7, 200], [33, 1, 90, 14]]
     width = max(map(len, rows))

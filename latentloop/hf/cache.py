@@ -77,13 +77,15 @@ class RecurrentCache(Cache):
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
         return self.length + query_length, 0
 
-    def crop(self, max_length: int) -> None:
-        """Keep the first `max_length` positions (a negative value removes that many from the end)."""
-        keep = max_length if max_length >= 0 else self.length + max_length
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last `-tokens_to_remove` positions (transformers 5 passes a negative count: rejected
+        candidates of assisted decoding; 0 keeps everything)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes minus the number of positions to forget, got {tokens_to_remove}")
+        keep = max(self.length + tokens_to_remove, 0)
         for layer in self.layers:
-            if layer.get_seq_length() > keep:
-                layer.keys, layer.values = layer.keys[..., :keep, :], layer.values[..., :keep, :]
-        self.length = min(self.length, keep)
+            layer.keys, layer.values = layer.keys[..., :keep, :], layer.values[..., :keep, :]
+        self.length = keep
 
     def reset(self) -> None:
         self.layers, self.index, self.length = [], {}, 0

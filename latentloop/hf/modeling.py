@@ -97,7 +97,7 @@ class RavenForCausalLM(PreTrainedModel, GenerationMixin):
         elif isinstance(module, Attention) and module.qk_bias is not None:
             init.zeros_(module.qk_bias)
         elif isinstance(module, nn.Linear | nn.Embedding):
-            if id(module) in getattr(self, "_out_projections", ()):
+            if id(module) in self._out_projections:
                 std = std / (2 * mc.effective_depth(mc.mean_recurrence)) ** 0.5
             init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std)
 

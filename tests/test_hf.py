@@ -170,6 +170,9 @@ def test_round_trip_hf_to_latentloop_to_hf(hf_model, conformance_cases, tmp_path
     hf_model.save_pretrained(tmp_path / "hf")
     ours = load_model(tmp_path / "hf")
     torch.testing.assert_close(_logits(ours, ids), _logits(hf_model, ids), atol=0, rtol=0)
+    wrapped = lhf.RavenForCausalLM.from_latentloop(ours)  # the same parameters, not a copy
+    assert wrapped.latentloop_model is ours and wrapped.transformer.wte.weight is ours.transformer.wte.weight
+    torch.testing.assert_close(_logits(wrapped, ids), _logits(hf_model, ids), atol=0, rtol=0)
     save_model(ours, tmp_path / "ours")
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
     torch.testing.assert_close(_logits(back, ids), _logits(hf_model, ids), atol=0, rtol=0)

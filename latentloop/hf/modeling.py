@@ -49,15 +49,21 @@ class RavenForCausalLM(PreTrainedModel, GenerationMixin):
     _no_split_modules = ["SandwichBlock"]
     supports_gradient_checkpointing = True
 
-    def __init__(self, config: HuginnConfig) -> None:
+    def __init__(self, config: HuginnConfig, model: RecurrentDepthLM | None = None) -> None:
         super().__init__(config)
-        inner = RecurrentDepthLM(config.to_model_config())
+        inner = model if model is not None else RecurrentDepthLM(config.to_model_config())
         self.transformer, self.lm_head = inner.transformer, inner.lm_head
         # Not a submodule: its modules are this model's own (no second copy in state_dict or .to()).
         object.__setattr__(self, "_latentloop", inner)
         self._out_projections = {id(block.attn.proj) for block in self._blocks()} | {
             id(block.mlp.proj) for block in self._blocks()}
         self.post_init()
+
+    @classmethod
+    def from_latentloop(cls, model: RecurrentDepthLM) -> RavenForCausalLM:
+        """A loaded latentloop model as a transformers model, sharing its parameters (nothing is copied)."""
+        with init.no_init_weights():
+            return cls(HuginnConfig.from_model_config(model.config), model)
 
     @property
     def latentloop_model(self) -> RecurrentDepthLM:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -272,6 +273,7 @@ def test_lm_eval_hf_model_scores_as_our_adapter(tiny_model_dir, tmp_path, monkey
     lm_eval = pytest.importorskip("lm_eval", reason="the eval extra: pip install 'latentloop[eval]'")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(sys, "argv", ["lm_eval"])  # main() sets sys.argv for lm-eval's parser; restored after
     from lm_eval.tasks import TaskManager
 
     from latentloop.eval.harness import LatentLoopLM

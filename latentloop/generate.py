@@ -194,6 +194,7 @@ def prepare_prompt(
 def _run(model: RecurrentDepthLM, prompt: Prompt, tokenizer, options: GenerateOptions) -> Iterator[str]:
     """Submit one request per row, step the engine until all are done; yields row 0's text as it grows
     and returns the GenerationResult."""
+    model = getattr(model, "latentloop_model", model)  # a latentloop.hf model: its RecurrentDepthLM
     started = time.perf_counter()
     pad_id = tokenizer.pad_id if tokenizer is not None and tokenizer.pad_id is not None else 0
     ids, valid = prepare_prompt(prompt, tokenizer, options.attention_mask, pad_id)

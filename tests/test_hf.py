@@ -69,9 +69,11 @@ def test_generate_greedy_matches_the_reference(hf_model, conformance_cases, step
     prompt = conformance_cases["greedy_prompt"]
     out = hf_model.generate(prompt, num_steps=steps, init_scale=0.0, max_new_tokens=10, do_sample=False)
     assert out[0, prompt.shape[1]:].tolist() == conformance_cases[f"greedy_r{steps}"][0].tolist()
-    # the same model through latentloop's own engine (the whole feature set is reachable)
-    ours = generate(hf_model.latentloop_model, prompt, num_steps=steps, init_scale=0.0, max_new_tokens=10)
+    # the HF object through latentloop's own engine (the whole feature set is reachable)
+    ours = generate(hf_model, prompt, num_steps=steps, init_scale=0.0, max_new_tokens=10)
     assert ours.tokens[0] == conformance_cases[f"greedy_r{steps}"][0].tolist()
+    early = generate(hf_model, prompt, num_steps=steps, init_scale=0.0, max_new_tokens=4, exit="kl:1e9")
+    assert early.iterations == [[1] * 4]
 
 
 def test_cache_prefill_in_pieces_equals_one_forward(hf_model, conformance_cases):

@@ -30,6 +30,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused op: eager decoding is op-bound
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.weight
@@ -76,10 +78,11 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, ctx: Context, layer: int, step: int) -> Tensor:
         B, S, h = x.shape
-        q, k, v = self.Wqkv(x).view(B, S, 3, self.n_heads, self.head_dim).unbind(2)
+        qkv = self.Wqkv(x).view(B, S, 3, self.n_heads, self.head_dim)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2]
         if self.qk_bias is not None:
-            q, k = q + self.qk_bias[0], k + self.qk_bias[1]
-        q, k = apply_rope(q, ctx.rope), apply_rope(k, ctx.rope)
+            qk = qk + self.qk_bias.view(2, self.n_heads, self.head_dim)
+        q, k = apply_rope(qk, ctx.rope.unsqueeze(2)).unbind(2)  # q and k rotated in one go: eager is op-bound
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if ctx.cache is not None:
             y = ctx.cache.attend(layer, step, q, k, v)

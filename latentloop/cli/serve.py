@@ -51,10 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import check_device
-
     from ..serve.server import serve
     from ..serve.settings import ServeSettings
+    from . import check_device
 
     settings = ServeSettings(
         model=args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_num_steps=args.max_num_steps,

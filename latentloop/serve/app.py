@@ -138,7 +138,7 @@ def create_app(service: Service):
 
     def account(request: Request, stream: Stream) -> None:
         waited = None if stream.first_token is None else stream.first_token - stream.started
-        metrics.finished(len(request.prompt), stream.iterations, waited)
+        metrics.finished(stream.finish_reason or "cancelled", len(request.prompt), stream.iterations, waited)
 
     @app.post("/v1/completions")
     async def completions(http: HTTPRequest):

@@ -17,6 +17,9 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         self.requests = Counter("latentloop_requests", "HTTP requests answered, by endpoint and status",
                                 ["endpoint", "status"], registry=registry)
+        self.finished_requests = Counter("latentloop_finished_requests", "requests ended, by finish reason "
+                                         "(cancelled: the client went away or the server shut down)",
+                                         ["finish_reason"], registry=registry)
         self.prompt_tokens = Counter("latentloop_prompt_tokens", "prompt tokens of admitted requests",
                                      registry=registry)
         self.generated_tokens = Counter("latentloop_generated_tokens", "tokens generated", registry=registry)
@@ -34,8 +37,10 @@ class Metrics:
     def answered(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()
 
-    def finished(self, prompt_tokens: int, iterations: list[int], first_token_seconds: float | None) -> None:
+    def finished(self, finish_reason: str, prompt_tokens: int, iterations: list[int],
+                 first_token_seconds: float | None) -> None:
         """One request's accounting, once it has ended."""
+        self.finished_requests.labels(finish_reason).inc()
         self.prompt_tokens.inc(prompt_tokens)
         self.generated_tokens.inc(len(iterations))
         for count in iterations:

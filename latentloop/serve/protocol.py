@@ -22,8 +22,8 @@ COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat answers
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # OpenAI fields this server cannot honour, with the value that means "not used"
 UNSUPPORTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None, ""),
-               "best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-               "tools": (None, []), "functions": (None, [])}
+               "best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0),
+               "frequency_penalty": (None, 0), "tools": (None, []), "functions": (None, [])}
 
 
 @dataclass(frozen=True)

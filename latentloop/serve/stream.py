@@ -9,6 +9,7 @@ the text at a stop string, and streamed text cannot be taken back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -60,10 +61,8 @@ class Stream:
         self._post(Failure(message))
 
     def _post(self, item: Update | Failure) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is listening any more
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
 
     async def pieces(self, timeout: float | None = None) -> AsyncIterator[Piece | None]:
         """Text deltas until the request ends; None every `timeout` seconds without news (so that the

@@ -54,6 +54,7 @@ class Live:
     url: str
     server: object
     thread: threading.Thread
+    service: object
 
     def client(self, api_key: str = "none") -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60)
@@ -67,7 +68,8 @@ class Live:
 @contextmanager
 def running(settings: ServeSettings, model, tokenizer):
     """A uvicorn server in a thread on 127.0.0.1, a free port; stopped on exit (or after SERVER_SECONDS)."""
-    server = uvicorn_server(open_service(settings, model, tokenizer), settings, log_level="warning")
+    service = open_service(settings, model, tokenizer)
+    server = uvicorn_server(service, settings, log_level="warning")
     sock = bind("127.0.0.1", 0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -79,7 +81,7 @@ def running(settings: ServeSettings, model, tokenizer):
         assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
         time.sleep(0.02)
     try:
-        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread)
+        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread, service)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -221,6 +223,23 @@ def test_the_server_still_answers_after_the_bad_requests(pointers):
     assert pointers.metrics()["latentloop_running_rows"] == 0
 
 
+def test_an_engine_fault_fails_its_requests_and_the_engine_thread_serves_on(pointers, monkeypatch):
+    scheduler = pointers.service.worker.scheduler
+    real_step = scheduler.step
+
+    def broken_once():
+        monkeypatch.setattr(scheduler, "step", real_step)
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(scheduler, "step", broken_once)
+    with pytest.raises(openai.InternalServerError, match="the engine failed .*injected fault"):
+        pointers.client().completions.create(model="default", prompt=PROBLEMS[0], max_tokens=2)
+    reply = pointers.client().completions.create(model="default", prompt=PROBLEMS[0], max_tokens=2,
+                                                 extra_body={"num_steps": 4})
+    assert reply.choices[0].text == offline(pointers, PROBLEMS[0], num_steps=4, max_new_tokens=2).text
+    assert pointers.metrics()["latentloop_running_rows"] == 0
+
+
 def test_chat_answers_in_huginns_format_as_offline_generate(chat_server):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who art thou?"}]
     reply = chat_server.client("sekret").chat.completions.create(model="tiny", messages=messages, max_tokens=5,
@@ -277,6 +296,19 @@ def test_sigterm_stops_accepting_and_ends_running_streams_with_a_final_event(tin
         assert not live.thread.is_alive(), "the server did not stop after its grace period"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{live.url}/health", timeout=5)
+
+
+def test_settings_are_checked_and_a_cache_budget_bounds_the_rows(capsys):
+    from latentloop.cli import main
+    from latentloop.serve.settings import build_scheduler
+
+    assert main(["serve", "default", "--max-batch", "0", "--max-queue", "-1"]) == 2
+    error = capsys.readouterr().err
+    assert "--max-batch must be >= 1" in error and "--max-queue must be >= 0" in error
+    model = load_model("default")
+    settings = ServeSettings(max_batch=16, max_num_steps=8, max_length=64, max_cache_gb=3 * 2**20 / 2**30)
+    cache = build_scheduler(model, settings).engine.cache
+    assert cache.rows == 3 * 2**20 // (cache.bytes_per_token * 65) < 16 and cache.max_length == 64
 
 
 # --- the chat page in a real browser -----------------------------------------------------------------

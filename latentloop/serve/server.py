@@ -58,10 +58,12 @@ def uvicorn_server(service: Service, settings: ServeSettings, log_level: str = "
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket (port 0: a free one, read back with getsockname)."""
+    """The listening socket (port 0: a free one, read back with getsockname). It listens at once, so
+    clients that connect while the app starts wait in the backlog instead of being refused."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)
     return sock
 
 

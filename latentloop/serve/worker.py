@@ -131,7 +131,7 @@ class EngineWorker:
             self._publish()
 
     def _set_deadline(self, deadline: float) -> None:
-        self._deadline = deadline
+        self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
 
     def _fail_all(self, message: str) -> None:
         for request, stream in list(self._streams.items()):

@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -179,6 +180,7 @@ def test_16_concurrent_requests_of_different_depths_each_equal_offline_generate(
 
 BAD_REQUESTS = [  # (endpoint, body, status, param, words the message must hold)
     ("completions", {"prompt": "1a" * 80}, 400, "prompt", "shorten the prompt"),
+    ("completions", {"prompt": "1" * 100_000}, 400, "prompt", "100000 characters"),
     ("completions", {"prompt": "4a=", "num_steps": 1000}, 400, "num_steps", "maximum of 32"),
     ("completions", {"prompt": "4a=", "num_steps": "many"}, 400, "num_steps", "must be an integer"),
     ("completions", {"prompt": "4a=", "exit": "bogus:1"}, 400, "exit", "unknown exit criterion"),
@@ -248,6 +250,10 @@ def test_chat_answers_in_huginns_format_as_offline_generate(chat_server):
     assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
     assert reply.choices[0].message.content == expected.text
     assert reply.usage.completion_tokens == len(expected.tokens[0])
+    chunks = list(chat_server.client("sekret").chat.completions.create(
+        model="tiny", messages=messages, max_tokens=5, stream=True, extra_body={"num_steps": 3}))
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected.text
 
 
 def test_the_api_key_is_enforced(chat_server):
@@ -371,13 +377,18 @@ class DevTools:
         os.close(self._writer)
 
 
-def test_the_chat_page_streams_and_colours_tokens_in_headless_chromium(pointers, tmp_path):
+@pytest.mark.parametrize("which", ["pointers", "chat_server"])
+def test_the_chat_page_streams_and_colours_tokens_in_headless_chromium(which, request, tmp_path):
+    """The bundled model continues the typed prompt; the chat model answers it as a user message."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("headless Chromium is not installed: apt-get install chromium")
+    live = request.getfixturevalue(which)
+    chat = which == "chat_server"
+    prompt = "Hark" if chat else PROBLEMS[0]
     browser = DevTools(chromium, str(tmp_path / "profile"))
     try:
-        browser.open(f"{pointers.url}/?prompt={PROBLEMS[0].replace('=', '%3D')}&num_steps=8&exit=0&max_tokens=4")
+        browser.open(f"{live.url}/?prompt={quote(prompt)}&num_steps=8&exit=0&max_tokens=4&key=sekret")
         deadline, states = time.monotonic() + 60, []
         while (state := browser.evaluate("document.body && document.body.dataset.state")) not in ("done", "error"):
             assert time.monotonic() < deadline, f"the page did not finish its answer (states seen: {states})"
@@ -390,7 +401,8 @@ def test_the_chat_page_streams_and_colours_tokens_in_headless_chromium(pointers,
     finally:
         browser.close()
     (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
-    expected = offline(pointers, PROBLEMS[0], num_steps=8, max_new_tokens=4)
+    text = live.tokenizer.chat_prompt([{"role": "user", "content": prompt}]) if chat else prompt
+    expected = offline(live, text, num_steps=8, max_new_tokens=4)
     assert state == "done", status
     assert "".join(text for text, _, _ in tokens) == expected.text
     assert [int(n) for _, counts, _ in tokens for n in counts.split(",") if n] == expected.iterations[0]

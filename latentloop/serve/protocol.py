@@ -18,6 +18,7 @@ from ..exits import parse_exit
 from ..sampling import Sampler
 from .errors import APIError, bad_request
 
+MAX_CHARS_PER_TOKEN = 64  # a text longer than this per position cannot fit: refused before it is tokenized
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat answers may fill the context
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # OpenAI fields this server cannot honour, with the value that means "not used"
@@ -117,7 +118,7 @@ def parse_chat(data: object, tokenizer, limits: Limits) -> Job:
     if limits.chat_refusal is not None:
         raise bad_request(f"{limits.chat_refusal}; send a plain prompt to POST /v1/completions instead", "messages")
     turns = [_message(i, m) for i, m in enumerate(messages)]
-    prompt = _encode(tokenizer, tokenizer.chat_prompt(turns), "messages")
+    prompt = _encode(tokenizer, tokenizer.chat_prompt(turns), "messages", limits)
     return _job(body, True, prompt, limits, tokenizer)
 
 
@@ -128,7 +129,7 @@ def _completion_prompt(prompt: object, tokenizer, limits: Limits) -> list[int]:
     if isinstance(prompt, str):
         if not prompt:
             raise bad_request("prompt is empty; give at least one character to continue", "prompt")
-        return _encode(tokenizer, prompt, "prompt")
+        return _encode(tokenizer, prompt, "prompt", limits)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         bad = [t for t in prompt if not 0 <= t < limits.vocab_size]
         if bad:
@@ -157,7 +158,10 @@ def _message(i: int, message: object) -> dict[str, str]:
     return {"role": CHAT_ROLES[role], "content": content}
 
 
-def _encode(tokenizer, text: str, param: str) -> list[int]:
+def _encode(tokenizer, text: str, param: str, limits: Limits) -> list[int]:
+    if len(text) > limits.positions * MAX_CHARS_PER_TOKEN:
+        raise bad_request(f"the {param} has {len(text)} characters, far more than the {limits.positions} tokens "
+                          "a request holds (prompt and answer); shorten the prompt", param)
     try:
         return tokenizer.encode_prompt(text)
     except ValueError as err:  # a character the vocabulary cannot spell

@@ -78,11 +78,12 @@ def create_app(service: Service):
             raise bad_request(f"the request body is not valid JSON ({err}); send a JSON object") from None
 
     async def answer(http: HTTPRequest, parse):
+        arrived = time.perf_counter()
         authorize(http)
         job: Job = await run_in_threadpool(parse, await read_json(http), tokenizer, limits)  # tokenizing
         if not worker.accepting:
             raise APIError(503, f"{SHUTDOWN}; send the request to another server", code="server_shutting_down")
-        stream = Stream(asyncio.get_running_loop(), hold=job.hold)
+        stream = Stream(asyncio.get_running_loop(), hold=job.hold, started=arrived)
         try:
             request = Request(job.prompt, tokenizer=tokenizer, on_tokens=stream.on_tokens, **job.options)
         except ValueError as err:

@@ -13,14 +13,15 @@ from .worker import EngineWorker
 
 
 def open_service(settings: ServeSettings, model=None, tokenizer=None) -> Service:
-    """Load the model (unless given) and build its engine thread (not started: the app's lifespan starts it)."""
+    """Load the model and tokenizer (unless given) and build the engine thread (not started: the app's
+    lifespan starts it)."""
     from ..checkpoint import load_model, resolve_model_dir
     from ..tokenizer import load_tokenizer
 
+    if tokenizer is None:  # first: a missing tokenizer.json is named before the weights load
+        tokenizer = load_tokenizer(resolve_model_dir(settings.model))
     if model is None:
-        directory = resolve_model_dir(settings.model)
-        tokenizer = load_tokenizer(directory)  # first: a missing tokenizer.json is named before the weights load
-        model = load_model(directory, dtype=settings.dtype, device=settings.device)
+        model = load_model(settings.model, dtype=settings.dtype, device=settings.device)
     scheduler = build_scheduler(model, settings)
     cache = scheduler.engine.cache
     limits = Limits(name=settings.name, vocab_size=model.config.vocab_size,

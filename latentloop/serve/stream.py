@@ -74,6 +74,7 @@ class Stream:
                 yield None
                 continue
             if isinstance(item, Failure):
+                self.finish_reason = "error"
                 raise EngineFailure(item.message)
             if item.iterations and self.first_token is None:
                 self.first_token = time.perf_counter()

@@ -150,6 +150,9 @@ def test_depth_and_exit_from_extra_body_reach_the_engine(pointers):
 def test_models_health_and_metrics(pointers):
     [card] = pointers.client().models.list().data
     assert card.id == "default" and card.model_extra["chat"] is False and card.model_extra["max_num_steps"] == 32
+    assert pointers.client().models.retrieve("default").id == "default"
+    with pytest.raises(openai.NotFoundError, match="serves 'default'"):
+        pointers.client().models.retrieve("gpt-4")
     health = httpx.get(f"{pointers.url}/health", timeout=10).json()
     assert health["status"] == "ok" and health["model"] == "default"
     pointers.client().completions.create(model="default", prompt=PROBLEMS[3], max_tokens=2, extra_body={"num_steps": 2})

@@ -11,7 +11,7 @@ from importlib.resources import files
 from ..request import Request
 from .errors import APIError, bad_request
 from .metrics import Metrics
-from .protocol import Job, Limits, parse_chat, parse_completion
+from .protocol import Body, Job, Limits, check_model, parse_chat, parse_completion
 from .shapes import DONE, Answer, event
 from .stream import EngineFailure, Stream
 from .worker import SHUTDOWN, EngineWorker
@@ -52,9 +52,14 @@ def create_app(service: Service):
 
     app = FastAPI(title="latentloop", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
+    def endpoint(http: HTTPRequest) -> str:
+        """The route's template, not the path: a client cannot grow the metrics with made-up paths."""
+        route = http.scope.get("route")
+        return getattr(route, "path", "unmatched")
+
     @app.exception_handler(APIError)
     async def api_error(http: HTTPRequest, err: APIError):
-        metrics.answered(http.url.path, err.status)
+        metrics.answered(endpoint(http), err.status)
         return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(HTTPException)
@@ -100,7 +105,7 @@ def create_app(service: Service):
             raise
         reply = Answer(job.chat, limits.name, len(job.prompt))
         if job.stream:
-            metrics.answered(http.url.path, 200)
+            metrics.answered(endpoint(http), 200)
             return StreamingResponse(events(request, stream, reply, job), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return JSONResponse(await whole(http, request, stream, reply))
@@ -115,7 +120,7 @@ def create_app(service: Service):
             raise APIError(500, str(err), code="engine_error") from None
         finally:
             account(request, stream)
-        metrics.answered(http.url.path, 200)
+        metrics.answered(endpoint(http), 200)
         return reply.full(stream.text, stream.finish_reason or "cancelled", stream.iterations)
 
     async def events(request: Request, stream: Stream, reply: Answer, job: Job):
@@ -149,14 +154,22 @@ def create_app(service: Service):
     async def chat_completions(http: HTTPRequest):
         return await answer(http, parse_chat)
 
+    card = {"id": limits.name, "object": "model", "created": service.started, "owned_by": "latentloop",
+            "chat": limits.chat_refusal is None, "max_num_steps": limits.max_num_steps,
+            "default_num_steps": limits.default_num_steps, "max_positions": limits.positions}
+
     @app.get("/v1/models")
     async def models(http: HTTPRequest):
         authorize(http)
-        card = {"id": limits.name, "object": "model", "created": service.started, "owned_by": "latentloop",
-                "chat": limits.chat_refusal is None, "max_num_steps": limits.max_num_steps,
-                "default_num_steps": limits.default_num_steps, "max_positions": limits.positions}
-        metrics.answered(http.url.path, 200)
+        metrics.answered(endpoint(http), 200)
         return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(http: HTTPRequest, name: str):
+        authorize(http)
+        check_model(Body({"model": name}), limits)
+        metrics.answered(endpoint(http), 200)
+        return card
 
     @app.get("/health")
     async def health():

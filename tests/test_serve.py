@@ -259,6 +259,15 @@ def test_chat_answers_in_huginns_format_as_offline_generate(chat_server):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected.text
 
 
+def test_sampling_and_latent_options_reach_the_engine_as_offline_generate_takes_them(chat_server):
+    options = dict(temperature=1.3, top_p=0.95, seed=7, max_tokens=6)
+    extra = dict(top_k=40, min_p=0.01, repetition_penalty=1.2, num_steps=4, init_scale=0.5, warm_start=True)
+    reply = chat_server.client("sekret").completions.create(model="tiny", prompt="Hark", **options, extra_body=extra)
+    expected = generate(chat_server.model, "Hark", chat_server.tokenizer, do_sample=True, temperature=1.3, top_p=0.95,
+                        seed=7, max_new_tokens=6, **extra)
+    assert reply.choices[0].text == expected.text
+
+
 def test_the_api_key_is_enforced(chat_server):
     with pytest.raises(openai.AuthenticationError, match="API key is wrong"):
         chat_server.client("wrong").models.list()

@@ -389,9 +389,10 @@ class DevTools:
         os.close(self._writer)
 
 
-@pytest.mark.parametrize("which", ["pointers", "chat_server"])
-def test_the_chat_page_streams_and_colours_tokens_in_headless_chromium(which, request, tmp_path):
-    """The bundled model continues the typed prompt; the chat model answers it as a user message."""
+@pytest.mark.parametrize("which,exit_slider", [("pointers", 0), ("pointers", 4), ("chat_server", 0)])
+def test_the_chat_page_streams_and_colours_tokens_in_headless_chromium(which, exit_slider, request, tmp_path):
+    """The bundled model continues the typed prompt; the chat model answers it as a user message. The
+    sliders' depth and exit reach the engine: the colours are the iterations offline generate reports."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("headless Chromium is not installed: apt-get install chromium")
@@ -400,7 +401,7 @@ def test_the_chat_page_streams_and_colours_tokens_in_headless_chromium(which, re
     prompt = "Hark" if chat else PROBLEMS[0]
     browser = DevTools(chromium, str(tmp_path / "profile"))
     try:
-        browser.open(f"{live.url}/?prompt={quote(prompt)}&num_steps=8&exit=0&max_tokens=4&key=sekret")
+        browser.open(f"{live.url}/?prompt={quote(prompt)}&num_steps=8&exit={exit_slider}&max_tokens=4&key=sekret")
         deadline, states = time.monotonic() + 60, []
         while (state := browser.evaluate("document.body && document.body.dataset.state")) not in ("done", "error"):
             assert time.monotonic() < deadline, f"the page did not finish its answer (states seen: {states})"
@@ -409,12 +410,15 @@ def test_the_chat_page_streams_and_colours_tokens_in_headless_chromium(which, re
         tokens = browser.evaluate("[...document.querySelectorAll('.turn.model .tok')].map(s => "
                                   "[s.textContent, s.dataset.iterations, s.style.background])")
         status = browser.evaluate("document.getElementById('status').textContent")
+        exit_spec = browser.evaluate("exitSpec()")
         shot = browser.call("Page.captureScreenshot", format="png")["data"]
     finally:
         browser.close()
     (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
     text = live.tokenizer.chat_prompt([{"role": "user", "content": prompt}]) if chat else prompt
-    expected = offline(live, text, num_steps=8, max_new_tokens=4)
+    expected = offline(live, text, num_steps=8, max_new_tokens=4, exit=exit_spec)
+    assert (exit_spec is None) == (exit_slider == 0)
+    assert (min(expected.iterations[0]) < 8) == (exit_spec is not None)  # the exit did cut thinking short
     assert state == "done", status
     assert "".join(text for text, _, _ in tokens) == expected.text
     assert [int(n) for _, counts, _ in tokens for n in counts.split(",") if n] == expected.iterations[0]

@@ -102,7 +102,7 @@ def pointers():
 def chat_server(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     settings = ServeSettings(model=str(tiny_model_dir), served_name="tiny", max_batch=1, max_queue=0,
-                             max_num_steps=16, api_key="sekret")
+                             max_num_steps=32, api_key="sekret")
     with running(settings, model, tokenizer) as live:
         live.model, live.tokenizer = model, tokenizer
         yield live
@@ -282,7 +282,7 @@ def test_a_full_server_answers_429_and_a_disconnect_frees_the_row(chat_server):
     client = chat_server.client("sekret")
     cancelled = "latentloop_finished_requests_total[('finish_reason', 'cancelled')]"
     before = chat_server.metrics().get(cancelled, 0)
-    body = {"model": "tiny", "prompt": "To be, or not", "max_tokens": 110, "stream": True, "num_steps": 16}
+    body = {"model": "tiny", "prompt": "To be, or not", "max_tokens": 110, "stream": True, "num_steps": 32}
     with httpx.stream("POST", f"{chat_server.url}/v1/completions", json=body, timeout=30,
                       headers={"Authorization": "Bearer sekret"}) as stream:
         lines = stream.iter_lines()
@@ -296,6 +296,21 @@ def test_a_full_server_answers_429_and_a_disconnect_frees_the_row(chat_server):
     assert chat_server.metrics()[cancelled] == before + 1
     reply = client.completions.create(model="tiny", prompt="Hark", max_tokens=2, extra_body={"num_steps": 2})
     assert reply.usage.completion_tokens == 2
+
+
+def test_a_client_that_gives_up_on_a_whole_answer_frees_its_row(chat_server, monkeypatch):
+    monkeypatch.setattr(chat_server.service, "keepalive_seconds", 0.1)
+    cancelled = "latentloop_finished_requests_total[('finish_reason', 'cancelled')]"
+    before = chat_server.metrics().get(cancelled, 0)
+    body = {"model": "tiny", "prompt": "To be, or not", "max_tokens": 110, "num_steps": 32}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{chat_server.url}/v1/completions", json=body, timeout=0.3,
+                   headers={"Authorization": "Bearer sekret"})
+    deadline = time.monotonic() + 10
+    while chat_server.metrics()["latentloop_running_rows"] != 0:
+        assert time.monotonic() < deadline, "the abandoned request still holds its row"
+        time.sleep(0.05)
+    assert chat_server.metrics()[cancelled] == before + 1
 
 
 def test_sigterm_stops_accepting_and_ends_running_streams_with_a_final_event(tiny_model_dir):

@@ -16,8 +16,6 @@ from .shapes import DONE, Answer, event
 from .stream import EngineFailure, Stream
 from .worker import SHUTDOWN, EngineWorker
 
-KEEPALIVE_SECONDS = 2.0  # a quiet stream sends an SSE comment this often: a client gone is noticed
-
 
 @dataclass
 class Service:
@@ -27,6 +25,7 @@ class Service:
     tokenizer: object
     worker: EngineWorker
     api_key: str | None = None
+    keepalive_seconds: float = 2.0  # how often a quiet stream sends an SSE comment, and a client is looked for
     metrics: Metrics = field(init=False)
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -111,11 +110,16 @@ def create_app(service: Service):
         return JSONResponse(await whole(http, request, stream, reply))
 
     async def whole(http: HTTPRequest, request: Request, stream: Stream, reply: Answer) -> dict:
+        checked = time.monotonic()
         try:
-            async for piece in stream.pieces(timeout=KEEPALIVE_SECONDS):
-                if piece is None and await http.is_disconnected():
-                    worker.cancel(request)
-                    break
+            async for piece in stream.pieces(timeout=service.keepalive_seconds):
+                if piece is not None:
+                    metrics.generated(piece.iterations)
+                if time.monotonic() - checked >= service.keepalive_seconds:  # is the client still there?
+                    checked = time.monotonic()
+                    if await http.is_disconnected():
+                        worker.cancel(request)
+                        break
         except EngineFailure as err:
             raise APIError(500, str(err), code="engine_error") from None
         finally:
@@ -126,10 +130,11 @@ def create_app(service: Service):
     async def events(request: Request, stream: Stream, reply: Answer, job: Job):
         first = True
         try:
-            async for piece in stream.pieces(timeout=KEEPALIVE_SECONDS):
+            async for piece in stream.pieces(timeout=service.keepalive_seconds):
                 if piece is None:
                     yield ": keep-alive\n\n"
                     continue
+                metrics.generated(piece.iterations)
                 yield event(reply.chunk(piece, first, job.include_usage))
                 first = False
             if job.include_usage:
@@ -144,7 +149,7 @@ def create_app(service: Service):
 
     def account(request: Request, stream: Stream) -> None:
         waited = None if stream.first_token is None else stream.first_token - stream.started
-        metrics.finished(stream.finish_reason or "cancelled", len(request.prompt), stream.iterations, waited)
+        metrics.finished(stream.finish_reason or "cancelled", len(request.prompt), waited)
 
     @app.post("/v1/completions")
     async def completions(http: HTTPRequest):

@@ -37,14 +37,16 @@ class Metrics:
     def answered(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()
 
-    def finished(self, finish_reason: str, prompt_tokens: int, iterations: list[int],
-                 first_token_seconds: float | None) -> None:
-        """One request's accounting, once it has ended."""
-        self.finished_requests.labels(finish_reason).inc()
-        self.prompt_tokens.inc(prompt_tokens)
+    def generated(self, iterations: list[int]) -> None:
+        """New tokens, counted as they are sent."""
         self.generated_tokens.inc(len(iterations))
         for count in iterations:
             self.iterations.observe(count)
+
+    def finished(self, finish_reason: str, prompt_tokens: int, first_token_seconds: float | None) -> None:
+        """One request's accounting, once it has ended."""
+        self.finished_requests.labels(finish_reason).inc()
+        self.prompt_tokens.inc(prompt_tokens)
         if first_token_seconds is not None:
             self.first_token.observe(first_token_seconds)
 

@@ -245,6 +245,15 @@ def test_an_engine_fault_fails_its_requests_and_the_engine_thread_serves_on(poin
     assert pointers.metrics()["latentloop_running_rows"] == 0
 
 
+def test_a_server_bug_is_answered_in_openais_shape(pointers, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("latentloop.serve.app.parse_completion", broken)
+    reply = httpx.post(f"{pointers.url}/v1/completions", json={"prompt": "4a="}, timeout=30)
+    assert reply.status_code == 500 and reply.json()["error"]["message"] == "internal error: RuntimeError: boom"
+
+
 def test_chat_answers_in_huginns_format_as_offline_generate(chat_server):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who art thou?"}]
     reply = chat_server.client("sekret").chat.completions.create(model="tiny", messages=messages, max_tokens=5,

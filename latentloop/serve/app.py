@@ -61,6 +61,11 @@ def create_app(service: Service):
         metrics.answered(endpoint(http), err.status)
         return JSONResponse(err.body(), status_code=err.status)
 
+    @app.exception_handler(Exception)
+    async def internal_error(http: HTTPRequest, err: Exception):  # a bug: still OpenAI's shape, with its name
+        return await api_error(http, APIError(500, f"internal error: {type(err).__name__}: {err}",
+                                              code="internal_error"))
+
     @app.exception_handler(HTTPException)
     async def http_error(http: HTTPRequest, err: HTTPException):
         message = f"{http.method} {http.url.path}: {err.detail}; the API is under /v1 (see GET /v1/models)"

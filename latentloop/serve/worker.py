@@ -55,10 +55,6 @@ class EngineWorker:
         self._commands.put(lambda: None)
         self._thread.join(timeout=30)
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     def reserve(self) -> bool:
         """Claim a place for a new request; False when rows and queue are all taken."""
         with self._lock:

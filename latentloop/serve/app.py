@@ -1,5 +1,8 @@
 """The HTTP routes. Handlers parse and check a request, hand it to the engine thread and relay its
-tokens; they never run the model, so the event loop stays free for every other client."""
+tokens; they never run the model, so the event loop stays free for every other client.
+
+No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at run time, and
+they name classes that `create_app` imports (fastapi is optional, so it is imported only there)."""
 
 import asyncio
 import hmac

@@ -207,7 +207,21 @@ def main() -> None:
         models = {"bundled": "default", "random_h256": str(random_model(tmp / "random-256"))}
         for name, model_dir in models.items():
             report[name] = bench_model(name, model_dir, args, levels, tmp)
+    report["targets"] = targets(report, levels)
     print(json.dumps(report, indent=2))
+
+
+def targets(report: dict, levels: list[tuple[int, int]]) -> dict:
+    """The issue's targets: the widest level clean (no error, none lost, every answer as offline) and
+    16 streams at >= 3.5x the tokens/s of one, per model."""
+    widest = f"streams_{max(s for s, _ in levels)}"
+    met = {}
+    for name in ("bundled", "random_h256"):
+        top = report[name][widest]
+        met[f"{name}_{widest}_clean"] = not any(top[k] for k in ("errors", "lost", "differ_from_offline", "skipped"))
+        speedup = report[name].get("speedup_16_streams_vs_1")
+        met[f"{name}_16_streams_at_least_3.5x_one"] = speedup is not None and speedup >= 3.5
+    return met
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ other request with exit kl:5e-4) is sent by N concurrent streaming clients (loop
 level bounded in requests and time). Reported per N: aggregate tokens/s, time to first token and
 inter-chunk latency (p50, p99), errors, requests lost (a stream that ended without its final chunk),
 answers that differ from offline `latentloop.generate`, and the ratio to sequential offline
-`generate` on the same requests (measured here, once per model).
+`generate` on the same requests (measured here, once per model). The machine's load average is
+recorded beside each figure: on a shared machine, other work moves them.
 
     python benchmarks/serve.py            # N = 1, 8, 16, 32, 64; 256 requests at 32 and 64 streams
     python benchmarks/serve.py --quick    # N = 1, 16, 64 on 64 requests of up to 8 tokens
@@ -173,12 +174,14 @@ def summary(results: list[dict | None], expected: list[str], wall: float, offlin
 def bench_model(name: str, model_dir: str, args, levels: list[tuple[int, int]], log_dir: Path) -> dict:
     requests = workload(max(count for _, count in levels), args.max_tokens)
     expected, offline_rate = offline(model_dir, requests)
-    report = {"offline_sequential_tokens_per_second": round(offline_rate, 1)}
+    report = {"offline_sequential_tokens_per_second": round(offline_rate, 1),
+              "offline_load_average_1min": round(os.getloadavg()[0], 2)}
     server = Server(model_dir, args.max_batch, args.threads, log_dir / f"{name}.log")
     try:
         for streams, count in levels:
             results, wall = asyncio.run(level(server.url, requests[:count], streams, args.seconds))
             report[f"streams_{streams}"] = summary(results, expected[:count], wall, offline_rate)
+            report[f"streams_{streams}"]["load_average_1min"] = round(os.getloadavg()[0], 2)  # others' work too
             print(json.dumps({name: {streams: report[f"streams_{streams}"]}}), file=sys.stderr, flush=True)
     finally:
         server.stop()

@@ -205,6 +205,11 @@ BAD_REQUESTS = [  # (endpoint, body, status, param, words the message must hold)
     ("chat/completions", {"messages": []}, 400, "messages", "non-empty list"),
     ("chat/completions", {"messages": [{"role": "user", "content": "4a="}]}, 400, "messages", "not a chat model"),
     ("nowhere", {}, 404, None, "/v1/models"),
+    ("completions", {"prompt": "4a=", "sampler": "diffusion"}, 400, "sampler", "'plain' or 'parallel'"),
+    ("completions", {"prompt": "4a=", "inner_steps": 2}, 400, "inner_steps", '"sampler": "parallel"'),
+    ("completions", {"prompt": "4a=", "sampler": "parallel", "inner_steps": 0}, 400, "inner_steps", ">= 1"),
+    ("completions", {"prompt": "4a=", "sampler": "parallel", "epsilon": "small"}, 400, "epsilon", "a number"),
+    ("completions", {"prompt": "4a=", "sampler": "parallel"}, 400, None, "kv_budget=1"),  # this server's full cache
 ]
 
 
@@ -449,3 +454,19 @@ def test_the_chat_page_streams_and_colours_tokens_in_headless_chromium(which, ex
     assert all(colour.startswith("rgb") for _, counts, colour in tokens if counts)
     assert "iterations per token" in status
     assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+def test_parallel_sampler_requests_on_a_one_slot_ring_answer_as_offline_generate():
+    """A server with --kv-budget 1 runs the parallel sampler per request, next to plain ones."""
+    model, tokenizer = load_model("default"), load_tokenizer("default")
+    settings = ServeSettings(max_batch=4, max_num_steps=32, kv_budget=1)
+    with running(settings, model, tokenizer) as live, ThreadPoolExecutor(4) as pool:
+        bodies = [dict(num_steps=32, sampler="parallel", inner_steps=4), dict(num_steps=32),
+                  dict(num_steps=32, sampler="parallel", inner_steps=2, freeze="fixed")]
+        jobs = [pool.submit(live.client().completions.create, model="default", prompt=p, max_tokens=4,
+                            extra_body=b) for p in PROBLEMS[:3] for b in bodies]
+        for job, (prompt, body) in zip(jobs, [(p, b) for p in PROBLEMS[:3] for b in bodies], strict=True):
+            offline = generate(model, prompt, tokenizer, max_new_tokens=4, seed=0, kv_budget=1, **body)
+            reply = job.result()
+            assert reply.choices[0].text == offline.texts[0]
+            assert reply.usage.mean_iterations == pytest.approx(offline.mean_iterations)

@@ -4,7 +4,9 @@ raised here in the HTTP handler, before anything reaches the engine thread.
 The fields are OpenAI's (`model`, `prompt` or `messages`, `max_tokens`, `temperature`, `top_p`, `stop`,
 `seed`, `stream`, `stream_options`, `n`) plus latentloop's at the top level of the body (the `openai`
 client's `extra_body`): `top_k`, `min_p`, `repetition_penalty`, `num_steps`, `exit`, `init_scale`,
-`warm_start`. Greedy (temperature 0) is the default, as in `latentloop generate`; a greedy request
+`warm_start`, and `sampler: "parallel"` with the parallel sampler's settings (`inner_steps`, `freeze`,
+`epsilon`, `noise`, `embed_ema`, `headway`, `max_wavefront`; it needs a server run with --kv-budget 1).
+Greedy (temperature 0) is the default, as in `latentloop generate`; a greedy request
 without a seed uses seed 0 (the initial latent is random), so it answers exactly as offline
 `latentloop.generate(..., seed=0)` does. Under greedy decoding top_p, top_k and min_p have no effect.
 """
@@ -199,7 +201,8 @@ def _job(body: Body, chat: bool, prompt: list[int], limits: Limits, tokenizer) -
                hold=max((len(s) for s in stop), default=1) - 1,
                options=dict(max_new_tokens=max_tokens, num_steps=num_steps, exit=_exit(body),
                             sampler=_sampler(body), init_scale=_init_scale(body), seed=_seed(body),
-                            warm_start=body.boolean("warm_start"), stop=stop, stop_ids=tokenizer.stop_ids))
+                            warm_start=body.boolean("warm_start"), stop=stop, stop_ids=tokenizer.stop_ids,
+                            parallel=_parallel(body)))
 
 
 def _stream_options(body: Body, stream: bool) -> bool:
@@ -252,6 +255,30 @@ def _sampler(body: Body) -> Sampler:
     if temperature == 0:
         return Sampler(repetition_penalty=penalty)
     return Sampler(True, temperature, top_k, top_p, min_p, penalty)
+
+
+def _parallel(body: Body):
+    """`sampler: "parallel"` and its settings (top level, as in `latentloop.generate`); None: plain decoding."""
+    from ..generate import PARALLEL_SETTINGS
+    from ..parallel import Parallel
+
+    sampler = body.get("sampler", "plain")
+    if sampler not in ("plain", "parallel"):
+        raise bad_request(f"sampler must be 'plain' or 'parallel', got {sampler!r}", "sampler")
+    given = {name: body.data[name] for name in PARALLEL_SETTINGS if body.data.get(name) is not None}
+    if sampler == "plain":
+        if given:
+            raise bad_request(f"{', '.join(given)}: settings of the parallel sampler only; add \"sampler\": "
+                              "\"parallel\"", next(iter(given)))
+        return None
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, str if name == "freeze" else int | float):
+            raise bad_request(f"{name} must be {'a string' if name == 'freeze' else 'a number'}, got {value!r}",
+                              name)
+    try:
+        return Parallel(**given)
+    except ValueError as err:
+        raise bad_request(str(err), next((n for n in given if str(err).startswith(n)), "sampler")) from None
 
 
 def _init_scale(body: Body) -> float:

@@ -19,31 +19,12 @@ lm_eval = pytest.importorskip(
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
+from lm_eval_helpers import write_local_mc  # noqa: E402
 
 from latentloop.eval import score_continuations  # noqa: E402
 from latentloop.eval.harness import LatentLoopLM  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-MC_YAML = """task: local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: multiple_choice
-test_split: test
-doc_to_text: "{{{{question}}}}:"
-doc_to_target: label
-doc_to_choice: choices
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
-
 
 def local_tasks(directory) -> TaskManager:
     """Only the YAML tasks in `directory` (indexing lm-eval's thousands of built-in tasks is slow)."""
@@ -65,8 +46,7 @@ def test_multiple_choice_task_end_to_end(lm, tmp_path):
     docs = [{"question": "Pick the animal", "choices": ["cat", "table"], "label": 0},
             {"question": "Pick the colour", "choices": ["blue", "run"], "label": 0},
             {"question": "Pick the number", "choices": ["walk", "seven", "on"], "label": 1}]
-    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tmp_path / "mc.yaml").write_text(MC_YAML.format(data=tmp_path / "mc.jsonl"))
+    write_local_mc(tmp_path, docs)
     out = lm_eval.simple_evaluate(model=lm, bootstrap_iters=0, tasks=["local_mc"], task_manager=local_tasks(tmp_path),
                                   log_samples=True)
     samples = out["samples"]["local_mc"]
@@ -236,8 +216,7 @@ def test_lm_eval_command_line(tiny_model_dir, tmp_path):
     import sys
 
     docs = [{"question": "Pick the animal", "choices": ["cat", "table"], "label": 0}]
-    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tmp_path / "mc.yaml").write_text(MC_YAML.format(data=tmp_path / "mc.jsonl"))
+    write_local_mc(tmp_path, docs)
     run = subprocess.run([sys.executable, "-m", "latentloop.eval.harness", "--model", "latentloop",
                           "--model_args", f"path={tiny_model_dir},num_steps=2,exit=kl:5e-4", "--tasks", "local_mc",
                           "--include_path", str(tmp_path), "--output_path", str(tmp_path / "out")],

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers", minversion="5", reason="the hf extra: pip install 'latentloop[hf]'")
+from lm_eval_helpers import write_local_mc  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import latentloop.hf as lhf  # noqa: E402
@@ -252,23 +253,6 @@ def _logits_at(model, ids, steps):
         return model(ids, num_steps=steps, init_scale=0.0).logits
 
 
-MC_YAML = """task: local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: multiple_choice
-test_split: test
-doc_to_text: "{{{{question}}}}:"
-doc_to_target: label
-doc_to_choice: choices
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
 def test_lm_eval_hf_model_scores_as_our_adapter(tiny_model_dir, tmp_path, monkeypatch):
     """`python -m latentloop.hf.lm_eval --model hf` (lm-eval's own HF model, no remote code) gives the
     log-likelihoods and accuracy of latentloop's adapter (`--model latentloop`) on a local task."""
@@ -286,9 +270,7 @@ def test_lm_eval_hf_model_scores_as_our_adapter(tiny_model_dir, tmp_path, monkey
     lhf.save_hf_tokenizer(directory)
     docs = [{"question": "Pick the animal", "choices": ["cat", "table"], "label": 0},
             {"question": "Pick the colour", "choices": ["blue", "run", "on"], "label": 0}]
-    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "mc.yaml").write_text(MC_YAML.format(data=tmp_path / "mc.jsonl"))
+    write_local_mc(tmp_path / "tasks", docs)
     main(["--model", "hf", "--model_args", f"pretrained={directory},num_steps=3,init_scale=0,add_bos_token=True",
           "--device", "cpu", "--batch_size", "2", "--tasks", "local_mc", "--include_path", str(tmp_path / "tasks"),
           "--output_path", str(tmp_path / "out"), "--log_samples"])

@@ -65,3 +65,14 @@ def untied_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     tokenizer.save(directory)
     torch.save(model.state_dict(), directory.parent / "original.pt")
     return directory
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the modules that ask (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    tiny models gain nothing from a second one, which on a busy 2-core machine costs many times the work
+    in synchronisation, and runs stay bitwise comparable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

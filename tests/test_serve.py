@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
-import torch
 
 for _module in ("fastapi", "uvicorn", "openai", "prometheus_client", "httpx"):
     pytest.importorskip(_module, reason=f"the server tests need {_module}: pip install -e '.[serve,dev]'")
@@ -41,13 +40,7 @@ PROBLEMS = ["73BACbb6baa9Bbb7b=", "4a2cB9=", "81bAc3Ca=", "5Bb0aC7cA=", "9ab=", 
 SERVER_SECONDS = 240  # every test server stops by itself after this long, whatever happens to the test
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other work: one torch thread per process is many times faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass

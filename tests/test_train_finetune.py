@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import one_thread  # noqa: F401
 
 import latentloop
 from latentloop.cli import main
@@ -15,6 +14,8 @@ from latentloop.tokenizer import END_TURN, load_tokenizer
 from latentloop.train.finetune import ChatData, encode_chat
 from latentloop.train.recipe import load_recipe
 from latentloop.train.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

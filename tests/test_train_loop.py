@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import REPO, make_shards, micro_recipe, one_thread, train_losses, write_toml  # noqa: F401
+from train_helpers import REPO, make_shards, micro_recipe, train_losses, write_toml
 
 import latentloop
 from latentloop.compiled import has_cpp_compiler
 from latentloop.train.recipe import load_recipe
 from latentloop.train.trainer import Trainer, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 

@@ -6,9 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
@@ -61,13 +58,3 @@ def write_toml(path: Path, recipe: dict[str, Any]) -> Path:
 def train_losses(run_dir: Path) -> list[float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if r["kind"] == "train"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny matmuls gain nothing from more, and runs stay bitwise comparable.
-    Test modules that want it import it (an autouse fixture applies to the module that imports it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

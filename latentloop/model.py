@@ -121,6 +121,19 @@ class SandwichBlock(nn.Module):
         return self.norm_4(x + self.mlp(self.norm_3(x)))
 
 
+def initial_latent(
+    e: Tensor, config: ModelConfig, init_scale: float = 1.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """The state the first iteration starts from, shaped like `e`: truncated-normal noise (net std
+    ~0.632 * init_scale); init_scale=0 gives zeros."""
+    x = torch.zeros_like(e)
+    if init_scale:
+        std = config.init_std * init_scale
+        nn.init.trunc_normal_(x, std=std, a=-3 * std, b=3 * std, generator=generator)
+        x = x * config.embed_scale
+    return x
+
+
 @dataclass
 class ModelOutput:
     logits: Tensor  # [B, S, V] float32
@@ -217,13 +230,7 @@ class RecurrentDepthLM(nn.Module):
     def initial_state(
         self, e: Tensor, init_scale: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Truncated-normal noise (net std ~0.632 * init_scale); init_scale=0 gives zeros."""
-        x = torch.zeros_like(e)
-        if init_scale:
-            std = self.config.init_std * init_scale
-            nn.init.trunc_normal_(x, std=std, a=-3 * std, b=3 * std, generator=generator)
-            x = x * self.config.embed_scale
-        return x
+        return initial_latent(e, self.config, init_scale, generator)
 
     def core_step(self, x: Tensor, e: Tensor, ctx: Context, step: int) -> Tensor:
         """One iteration: the adapter mixes state and injection, then the core blocks run in order."""

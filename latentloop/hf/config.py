@@ -24,6 +24,8 @@ class HuginnConfig(PreTrainedConfig):
     """The recurrent-depth model's shape plus the test-time defaults (`num_steps`, `init_scale`, `kv_budget`)."""
 
     model_type = HF_MODEL_TYPE
+    # the generic names that vLLM and other transformers-based tools read
+    attribute_map = {"hidden_size": "n_embd", "num_attention_heads": "n_heads", "max_position_embeddings": "block_size"}
 
     n_embd: int = 5280
     n_heads: int = 55

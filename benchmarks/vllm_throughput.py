@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import tempfile
@@ -96,7 +97,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action="store_true", help="latentloop's engine with torch.compile")
     args = parser.parse_args()
+    if args.device == "cpu":  # vLLM's CPU worker keeps a core for itself unless told: give it all, as latentloop has
+        cores = sorted(os.sched_getaffinity(0))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}-{cores[-1]}")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # stdout is the JSON report
     report = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
+              "vllm_cpu_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
               "workload": {k: getattr(args, k) for k in ("requests", "input", "output", "num_steps", "in_flight",
                                                          "dtype", "compile")},
               "models": [bench(hidden, args) for hidden in args.hidden]}

@@ -1,7 +1,7 @@
 """The vLLM plugin's tests: they run in the vLLM environment (`./setup.sh --vllm`, then
 `.venv-vllm/bin/python -m pytest -q tests_vllm`) and skip elsewhere, naming that command.
 
-vLLM's engine takes ~35 s to start on 2 CPU cores, so each module starts the engines it needs once.
+vLLM's engine takes ~35 s to start on 2 CPU cores: a test starts one engine per setting it checks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "huginn-conformance"
 CHECKPOINT = FIXTURE / "checkpoint"
-
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -30,11 +29,14 @@ ENGINE_ARGS = dict(dtype="float32", kv_cache_memory_bytes=1 << 28, enforce_eager
                    enable_prefix_caching=False, max_num_seqs=16)
 
 
-def start_engine(model_dir: Path | str, **overrides):
-    """A `vllm.LLM` on `model_dir` with the plugin's settings (`num_steps`, `kv_budget`, ...) as hf_overrides."""
+def start_engine(model_dir: Path | str, tensor_parallel_size: int = 1, **overrides):
+    """A `vllm.LLM` on `model_dir` with the plugin's settings (`num_steps`, `kv_budget`, ...) as hf_overrides;
+    several tensor-parallel ranks run as processes of vLLM's multiprocessing executor."""
     from vllm import LLM
 
-    return LLM(model=str(model_dir), hf_overrides=overrides, **ENGINE_ARGS)
+    parallel = {} if tensor_parallel_size == 1 else dict(tensor_parallel_size=tensor_parallel_size,
+                                                         distributed_executor_backend="mp")
+    return LLM(model=str(model_dir), hf_overrides=overrides, **parallel, **ENGINE_ARGS)
 
 
 def vllm_greedy(llm, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:

@@ -75,9 +75,10 @@ def run_sequential(model, specs: list[dict], compile: bool) -> dict:
 
 
 def warm_up(model, specs: list[dict], rows: int, compile: bool) -> float:
-    """Compile (or just touch) every batch size the engine will meet: a short run of the workload's shape,
-    its rows at depths 1..rows so that compaction meets every padded size of the rows still thinking,
-    half of them watched by an exit that never fires (the decode at each of those sizes too)."""
+    """Compile (or just touch) every graph the engine will meet: a short run of the workload's shape, its
+    rows at depths 1..rows so that compaction meets every number of rows still thinking (a batch of 1,
+    the first size and the graph dynamic in the batch size), half of them watched by an exit that never
+    fires (the decode at each of those sizes too)."""
     started = time.perf_counter()
     short = [dict(s, max_new_tokens=2, num_steps=1 + i % rows, exit="kl:1e-30" if i % 2 else None)
              for i, s in enumerate(specs[: rows + 1])]

@@ -29,20 +29,18 @@ from .config import ModelConfig
 
 def attend_rows(
     keys: Tensor, values: Tensor, rows: Tensor, writes: Tensor, bias: Tensor, q: Tensor, k: Tensor, v: Tensor,
-    length: int | None = None,
 ) -> Tensor:
     """Store k, v [B, H, S, D] at columns `writes` [B, S] of `rows` [B] in keys/values [R, H, L + 1, D],
-    then attend from q over the first `length` columns (all when None) of those rows; `bias` [B, 1, S, L']
-    is 0 where a query may look and -inf elsewhere."""
+    then attend from q over the first W columns of those rows; `bias` [B, 1, S, W] is 0 where a query
+    may look and -inf elsewhere."""
     keys[rows[:, None], :, writes] = k.transpose(1, 2)
     values[rows[:, None], :, writes] = v.transpose(1, 2)
-    if length is not None:
-        keys, values = keys[:, :, :length], values[:, :, :length]
-    past_k, past_v = keys.index_select(0, rows), values.index_select(0, rows)
+    width = bias.shape[-1]
+    past_k, past_v = keys[:, :, :width].index_select(0, rows), values[:, :, :width].index_select(0, rows)
     if q.shape[2] > 1 or not torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, past_k, past_v, attn_mask=bias)
     # compiled, one token: products and sums, which inductor fuses with the row gather into one pass over K and V
-    scores = (q * past_k).sum(-1).unsqueeze(-2) * q.shape[-1] ** -0.5 + bias  # [B, H, 1, L]
+    scores = (q * past_k).sum(-1).unsqueeze(-2) * q.shape[-1] ** -0.5 + bias  # [B, H, 1, W]
     probs = torch.softmax(scores.float(), dim=-1).type_as(q)
     return (probs.transpose(-1, -2) * past_v).sum(-2, keepdim=True)
 
@@ -56,7 +54,7 @@ class Slots:
     values: list[Tensor]
     rows: Tensor  # [B]
     writes: Tensor  # [B, S] the columns this call's K/V go to
-    bias: Tensor  # [B, 1, S, L + 1]
+    bias: Tensor  # [B, 1, S, W]: the columns in use
     first_layer: int
 
     def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -68,25 +66,25 @@ class CacheView:
     """One forward's view of the cache: which rows take part, where their new tokens go, the mask.
     The model calls `attend`; compiled graphs take `slots(...)`."""
 
-    def __init__(self, cache: KVCache, rows: Tensor, positions: Tensor, full_width: bool = False) -> None:
+    def __init__(self, cache: KVCache, rows: Tensor, positions: Tensor) -> None:
         self.cache, self.rows, self.positions, self.writes = cache, rows, positions, positions
-        # eager attends over the columns in use; compiled graphs over all of them (one shape for every length)
-        self.length = None if full_width else int(positions.max()) + 1
-        width = cache.max_length + 1 if full_width else self.length
+        # attention reads the columns in use, at least 2: compiled graphs are dynamic in the width only
+        # above 1 (dynamo specializes sizes 0 and 1), and the first decode of a 1-token prompt reads one
+        width = max(int(positions.max()) + 1, min(2, cache.max_length + 1))
         column = torch.arange(width, device=positions.device)
-        hidden = column[None, None, :] > positions[:, :, None]  # [B, S, L]: later tokens, unwritten columns
+        hidden = column[None, None, :] > positions[:, :, None]  # [B, S, W]: later tokens, unwritten columns
         self.bias = torch.zeros(hidden.shape, dtype=cache.dtype, device=positions.device).masked_fill_(
             hidden, float("-inf")).unsqueeze(1)
 
     def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         keys, values = self.cache.slot(layer, step)
-        return attend_rows(keys, values, self.rows, self.writes, self.bias, q, k, v, self.length)
+        return attend_rows(keys, values, self.rows, self.writes, self.bias, q, k, v)
 
     def subset(self, index: Tensor, writes: Tensor | None = None) -> CacheView:
         """The view of the batch entries `index` (compaction); `writes` [len(index)] bool: False entries
         write to the scratch column."""
         view = object.__new__(CacheView)
-        view.cache, view.length = self.cache, self.length
+        view.cache = self.cache
         view.rows, view.positions, view.bias = self.rows[index], self.positions[index], self.bias[index]
         view.writes = self.writes[index]
         if writes is not None:
@@ -179,7 +177,7 @@ class KVCache:
         index = step % self.core_slots if self.core_begin <= layer < self.coda_begin else 0
         return self.keys[layer][index], self.values[layer][index]
 
-    def view(self, rows: list[int], new_tokens: int | list[int], full_width: bool = False) -> CacheView:
+    def view(self, rows: list[int], new_tokens: int | list[int]) -> CacheView:
         """Open positions after each row's length for one forward: `new_tokens` for every row, or a count
         per row (rows with fewer than the call's width are padded on the right; the padding writes to the
         scratch column and is never read)."""
@@ -192,7 +190,7 @@ class KVCache:
         columns = torch.arange(max(counts), device=device)
         real = columns < torch.tensor(counts, device=device)[:, None]
         positions = starts[:, None] + torch.minimum(columns, torch.tensor(counts, device=device)[:, None] - 1)
-        view = CacheView(self, torch.tensor(rows, device=device), positions, full_width=full_width)
+        view = CacheView(self, torch.tensor(rows, device=device), positions)
         if not bool(real.all()):
             view.writes = torch.where(real, positions, self.max_length)
         return view

@@ -1,13 +1,14 @@
 """torch.compile'd decoding: prelude, core iterations and coda, each one graph.
 
 Eager decoding of a small model spends much of its time launching ~80 tiny ops per block. Here each
-piece of the model is compiled once (inductor, C++ wrapper) for one new token per row and each batch
-size the engine pads to (1, 2, 4, ...). The KV cache reaches the graphs as `cache.Slots`, tensors only
-and dynamic in its rows and length, so one graph serves every token, iteration and row set without
-recompiling. The pieces have the model's own signatures (`embed`, `core_step`, `recur`, `decode`), so
-`engine.Engine` calls either; at a fixed depth one
-graph runs `iterations_per_call` iterations (a call costs ~0.1-0.15 ms outside its kernels). Prompts and
-speculative drafts (many tokens per row) go through graphs of their own, dynamic in their length.
+piece of the model is compiled (inductor, C++ wrapper) for one new token per row: dynamo builds a graph
+for the first batch size it meets and, at the next, one dynamic in the batch size that serves every
+size above 1 (a batch of 1 keeps a graph of its own), so the engine never pads its batches. The KV cache
+reaches the graphs as `cache.Slots`, tensors only and dynamic in its rows and the columns in use, so one
+graph serves every token, iteration and row set without recompiling. The pieces have the model's own
+signatures (`embed`, `core_step`, `recur`, `decode`), so `engine.Engine` calls either; at a fixed depth
+one graph runs `iterations_per_call` iterations (a call costs ~0.1-0.15 ms outside its kernels). Prompts
+and speculative drafts (many tokens per row) go through graphs of their own, dynamic in their length.
 
 At batch 1 on CPU, every projection is a matrix-vector product, bound by how fast the weights stream
 in; with a few rows (speculative verification) it is a tiny GEMM, which MKL runs far below the cores'

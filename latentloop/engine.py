@@ -37,15 +37,10 @@ def _per_row(value, batch: int) -> list:
     return list(value) if isinstance(value, list | tuple) else [value] * batch
 
 
-def _bucket(n: int) -> int:
-    """Compiled graphs are built for batch sizes 1, 2, 4, 8, ...: padding rows beat a graph per size."""
-    return 1 << (n - 1).bit_length()
-
-
 class Engine:
     """A model and its row cache. With `compile=True`, every forward goes through the compiled pieces
-    (`compiled.py`) at batch sizes padded to a power of two; `compaction=False` runs every row of a
-    forward to its deepest row (for comparison)."""
+    (`compiled.py`), whose graphs serve every batch size; `compaction=False` runs every row of a forward
+    to its deepest row (for comparison)."""
 
     def __init__(
         self, model: RecurrentDepthLM, cache: KVCache, init_scale: float = 1.0,
@@ -81,32 +76,26 @@ class Engine:
         depths = [(c.max_steps or n) if c is not None else n
                   for c, n in zip(criteria, _per_row(num_steps, batch), strict=True)]
         counts = lengths or [length] * batch
-        view = cache.view(rows, counts, full_width=self.compiled is not None)
+        view = cache.view(rows, counts)
         ids = ids.to(model.device)
         run = self.compiled if self.compiled is not None else model
-        size = _bucket(batch) if self.compiled is not None else batch
-        if size > batch:  # padding rows copy row 0 and write to the scratch column
-            pad = size - batch
-            index = torch.tensor(list(range(batch)) + [0] * pad, device=ids.device)
-            view = view.subset(index, torch.arange(size, device=ids.device) < batch)
-            ids, depths, criteria = ids[index], depths + [depths[0]] * pad, criteria + [None] * pad
         ctx = model.context(length, position_ids=view.positions, cache=view)
         e = run.embed(ids, ctx)
         if embedding_mix is not None:
             previous, weight = embedding_mix
-            e = torch.cat([e[:batch].lerp(previous.to(e.dtype), weight.to(e.dtype)), e[batch:]])
+            e = e.lerp(previous.to(e.dtype), weight.to(e.dtype))
         x = self._initial_state(e, state, init_scale, generators, counts)
         x, iterations = self._iterate(run, x, e, ctx, depths, criteria)
         logits = run.decode(x, ctx)[1]
-        cache.commit(rows, counts, iterations[:batch], provisional=provisional)
-        return Forward(logits[:batch], x[:batch], torch.tensor(iterations[:batch]), e[:batch])
+        cache.commit(rows, counts, iterations, provisional=provisional)
+        return Forward(logits, x, torch.tensor(iterations), e)
 
     def _initial_state(self, e: Tensor, state, init_scale, generators, counts: list[int]) -> Tensor:
         """Each row's own start: a given state, or noise from the row's generator for its `counts[i]` real
         tokens (zeros at scale 0), so that a row draws the same noise alone or in any batch."""
-        batch = len(counts)
         if isinstance(state, Tensor):
-            return torch.cat([state, state[:1].expand(e.shape[0] - batch, *state.shape[1:])]).to(e.dtype)
+            return state.to(e.dtype)
+        batch = len(counts)
         states = _per_row(state, batch)
         scales = _per_row(self.init_scale if init_scale is None else init_scale, batch)
         gens = generators or [self.generator] * batch
@@ -153,11 +142,10 @@ class Engine:
         batch = x.shape[0]
         if self.compaction or len(active) == batch:
             index, sub = self._select(ctx, active, batch)
-            self.core_rows += len(active) if index is None else len(index)
+            self.core_rows += len(active)
             if index is None:
                 return run.core_step(x, e, ctx, step)
-            out = run.core_step(x[index], e[index], sub, step)
-            return x.index_copy(0, index[: len(active)], out[: len(active)])
+            return x.index_copy(0, index, run.core_step(x[index], e[index], sub, step))
         writes = torch.zeros(batch, dtype=torch.bool, device=x.device)
         writes[active] = True
         every = torch.arange(batch, device=x.device)
@@ -166,16 +154,13 @@ class Engine:
         return torch.where(writes[:, None, None], run.core_step(x, e, sub, step), x)
 
     def _select(self, ctx: Context, chosen: list[int], batch: int) -> tuple[Tensor | None, Context]:
-        """The batch entries `chosen` as index and context (None: all of them), padded to a compiled size."""
+        """The batch entries `chosen` as index and context (None: all of them)."""
         if len(chosen) == batch:
             return None, ctx
-        size = _bucket(len(chosen)) if self.compiled is not None else len(chosen)
-        device = ctx.rope.device
-        index = torch.tensor(chosen + [chosen[0]] * (size - len(chosen)), device=device)
-        writes = None if size == len(chosen) else torch.arange(size, device=device) < len(chosen)
+        index = torch.tensor(chosen, device=ctx.rope.device)
         view: CacheView = ctx.cache
         rope = ctx.rope[index] if ctx.rope.shape[0] > 1 else ctx.rope
-        return index, Context(rope=rope, cache=view.subset(index, writes))
+        return index, Context(rope=rope, cache=view.subset(index))
 
 
 @dataclass

@@ -58,7 +58,7 @@ class DefinitionCache:
         self.config, self.budget, self.store, self.computed = config, budget, {}, []
         self.length = 0
 
-    def view(self, rows, new_tokens, full_width=False):  # one row: the view is the cache itself
+    def view(self, rows, new_tokens):  # one row: the view is the cache itself
         (self.new,) = new_tokens
         self.positions = torch.arange(self.length, self.length + self.new)[None]
         return self

@@ -119,6 +119,7 @@ class KVCache:
         self.keys = [[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)] for n in slots]
         self.values = [[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)] for n in slots]
         self.lengths = [0] * rows  # positions holding committed tokens, per row
+        self.depths = [num_steps] * rows  # the most iterations a token of the row may run (see `allocate`)
         self.iterations = torch.zeros(rows, max_length, dtype=torch.int32, device=device)
         self._free = list(range(rows - 1, -1, -1))  # popped from the end: row 0 first
 
@@ -159,12 +160,16 @@ class KVCache:
         return bytes_per_token(self.config, self.num_steps, None if self.core_slots == self.num_steps
                                else self.core_slots, self.dtype)
 
-    def allocate(self) -> int:
-        """A free row, its length reset to 0 (what it held stays, unread)."""
+    def allocate(self, depth: int | None = None) -> int:
+        """A free row, its length reset to 0 (what it held stays, unread). `depth`: the most iterations a
+        token of the row will run (default the cache's num_steps); slots past it are never read, so an
+        early exit fills only the slots below it (`Engine.forward` refuses to run the row deeper)."""
+        if depth is not None and not 1 <= depth <= self.num_steps:
+            raise ValueError(f"a row's depth must lie in [1, {self.num_steps}] (the cache's num_steps), got {depth}")
         if not self._free:
             raise RuntimeError("no free row in the KV cache; release one first")
         row = self._free.pop()
-        self.lengths[row] = 0
+        self.lengths[row], self.depths[row] = 0, depth or self.num_steps
         return row
 
     def release(self, row: int) -> None:
@@ -201,29 +206,38 @@ class KVCache:
         `provisional` tokens (speculative drafts) are rewound before any token reads an iteration they
         skipped, so those slots are left unfilled (the fill costs about what the draft's own forward does)."""
         counts = new_tokens if isinstance(new_tokens, list) else [new_tokens] * len(rows)
-        short: dict[int, list[tuple[int, int, int]]] = {}  # by tokens written
+        for row, count in zip(rows, iterations, strict=True):
+            if count > self.depths[row]:  # it read slots that early exits of the row's tokens left unfilled
+                raise ValueError(f"row {row} ran {count} iterations but was allocated for {self.depths[row]} "
+                                 "(KVCache.allocate's depth): allocate it for the deepest token it will run")
+        short: dict[int, list[tuple[int, int, int, int]]] = {}  # by tokens written
         for row, n, count in zip(rows, counts, iterations, strict=True):
             start = self.lengths[row]
             self.iterations[row, start : start + n] = count
-            if count < self.core_slots:
-                short.setdefault(n, []).append((row, start, count))
+            read = min(self.core_slots, self.depths[row])  # the slots a later token of the row may read
+            if count < read:
+                short.setdefault(n, []).append((row, start, count, read))
             self.lengths[row] = start + n
         if not provisional:
             for n, group in short.items():
                 self._fill_unwritten(group, n)
 
-    def _fill_unwritten(self, short: list[tuple[int, int, int]], new_tokens: int) -> None:
-        """Slots a row never wrote (it exited early) get that row's last computed iteration."""
+    def _fill_unwritten(self, short: list[tuple[int, int, int, int]], new_tokens: int) -> None:
+        """Slots a row never wrote (it exited early) but may read get that row's last computed iteration:
+        (row, start, iterations run, slots read) per row. One pass over the slots from the first row's last
+        iteration to the last slot any row reads; a slot that a row already wrote, or never reads, is
+        rewritten with its own value or with one nobody sees."""
         device = self.iterations.device
-        rows = torch.tensor([r for r, _, _ in short], device=device)[:, None]
-        positions = torch.tensor([s for _, s, _ in short], device=device)[:, None] + torch.arange(new_tokens,
-                                                                                                  device=device)
-        last = torch.tensor([c - 1 for _, _, c in short], device=device)
-        source = torch.minimum(torch.arange(self.core_slots, device=device)[:, None], last[None, :])  # [slots, n]
+        rows = torch.tensor([r for r, _, _, _ in short], device=device)[:, None]
+        positions = torch.tensor([s for _, s, _, _ in short], device=device)[:, None] + torch.arange(new_tokens,
+                                                                                                     device=device)
+        last = torch.tensor([c - 1 for _, _, c, _ in short], device=device)
+        first, end = int(last.min()), max(read for _, _, _, read in short)
+        source = torch.minimum(torch.arange(first, end, device=device)[:, None], last[None, :]) - first  # [slots, n]
         for ring in self.keys[self.core_begin : self.coda_begin] + self.values[self.core_begin : self.coda_begin]:
-            window = torch.stack([t[rows, :, positions] for t in ring])  # [slots, n, S, H, D]
+            window = torch.stack([t[rows, :, positions] for t in ring[first:end]])  # [slots, n, S, H, D]
             window = window.gather(0, source[:, :, None, None, None].expand_as(window))
-            for t, filled in zip(ring, window, strict=True):
+            for t, filled in zip(ring[first:end], window, strict=True):
                 t[rows, :, positions] = filled
 
     def rewind(self, row: int, length: int) -> None:

@@ -250,7 +250,7 @@ class Scheduler:
         cache, device = self.engine.cache, self.engine.model.device
         while self.waiting and cache.free_rows:
             request = self.waiting.popleft()
-            request.row = cache.allocate()
+            request.row = cache.allocate(request.depth)
             if request.seed is not None:
                 request.generator = torch.Generator(device=device).manual_seed(request.seed)
             if request.sampler.repetition_penalty != 1.0:

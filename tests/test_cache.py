@@ -107,6 +107,32 @@ def test_budget_and_early_exit_read_the_defined_iterations(model, budget):
         torch.testing.assert_close(ours.logits, definition.logits, atol=1e-4, rtol=1e-4)
 
 
+def test_a_row_allocated_shallower_fills_only_the_slots_it_reads(model):
+    """A row allocated for depth 6 in a 10-iteration cache decodes as one allocated for all 10 (its tokens
+    exit early, so fills happen), leaves slots 6.. untouched, and refuses to run a token deeper."""
+    ids = sequence(8, 7)
+    exit = KL(0.05, min_steps=2, max_steps=6)
+    runs = []
+    for depth in (None, 6):
+        cache = KVCache(model.config, 1, 9, 10)  # a position to spare for the refused token
+        row = cache.allocate(depth)
+        engine = Engine(model, cache, init_scale=0.0)
+        outs = [engine.forward(ids[:, :3], 6, rows=[row])]
+        outs += [engine.forward(ids[:, i : i + 1], 6, rows=[row], exit=exit) for i in range(3, 8)]
+        runs.append((cache, outs))
+    used = [int(o.iterations) for o in runs[1][1][1:]]
+    assert min(used) < 6, f"iterations {used}: no early exit, nothing to fill"
+    for full, shallow in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(shallow.logits, full.logits, atol=1e-5, rtol=1e-5)
+    deep_slot = runs[1][0].keys[model.config.n_prelude][6]  # iteration slot 6 of the first core layer
+    assert deep_slot.abs().sum() == 0 and runs[0][0].keys[model.config.n_prelude][6].abs().sum() > 0
+    shallow = runs[1][0]
+    with pytest.raises(ValueError, match="allocated for 6"):
+        Engine(model, shallow, init_scale=0.0).forward(ids[:, :1], 8, rows=[0])
+    with pytest.raises(ValueError, match=r"depth must lie in \[1, 10\]"):
+        KVCache(model.config, 2, 8, 10).allocate(11)
+
+
 def test_budget_one_is_the_hand_checked_rule(model):
     """kv_budget=1 at 2 iterations: the second token's iteration-0 read sees the first token's iteration 1."""
     ids = sequence(2, 6)

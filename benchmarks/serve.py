@@ -12,6 +12,7 @@ recorded beside each figure: on a shared machine, other work moves them.
 
     python benchmarks/serve.py            # N = 1, 8, 16, 32, 64; 256 requests at 32 and 64 streams
     python benchmarks/serve.py --quick    # N = 1, 16, 64 on 64 requests of up to 8 tokens
+    python benchmarks/serve.py --models random_h256 --levels 1:16,16:64 --max-tokens 64   # decode-heavy
 """
 
 from __future__ import annotations
@@ -36,7 +37,19 @@ from latentloop import ModelConfig, RecurrentDepthLM, generate, load_model
 from latentloop.tokenizer import load_tokenizer
 
 DEPTHS = (4, 8, 16, 32)
+MODELS = ("bundled", "random_h256")
 POINTER_CHARS = "0123456789abcABC"
+
+
+def parse_levels(text: str) -> list[tuple[int, int]]:
+    """'1:16,16:64' -> [(1, 16), (16, 64)]: concurrent streams and requests per level."""
+    try:
+        levels = [tuple(int(n) for n in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or any(len(level) != 2 or min(level) < 1 for level in levels):
+        raise argparse.ArgumentTypeError(f"levels look like 1:16,16:64 (streams:requests, both >= 1), got {text!r}")
+    return levels
 
 
 def random_model(directory: Path) -> Path:
@@ -198,17 +211,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the server")
     parser.add_argument("--seconds", type=float, default=300, help="time limit of each level")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default 16, --quick 8)")
+    parser.add_argument("--levels", type=parse_levels, default=None,
+                        help="STREAMS:REQUESTS,... instead of the default levels, e.g. 1:16,16:64")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to serve")
     args = parser.parse_args()
     args.max_tokens = args.max_tokens or (8 if args.quick else 16)
-    levels = [(1, 8), (16, 32), (64, 64)] if args.quick else [(1, 32), (8, 64), (16, 128), (32, 256), (64, 256)]
+    levels = args.levels or ([(1, 8), (16, 32), (64, 64)] if args.quick
+                             else [(1, 32), (8, 64), (16, 128), (32, 256), (64, 256)])
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     report = {"levels": [{"streams": s, "requests": n} for s, n in levels], "max_tokens": args.max_tokens,
               "max_batch": args.max_batch, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        models = {"bundled": "default", "random_h256": str(random_model(tmp / "random-256"))}
-        for name, model_dir in models.items():
+        for name in args.models:
+            model_dir = "default" if name == "bundled" else str(random_model(tmp / "random-256"))
             report[name] = bench_model(name, model_dir, args, levels, tmp)
     report["targets"] = targets(report, levels)
     print(json.dumps(report, indent=2))
@@ -219,7 +236,7 @@ def targets(report: dict, levels: list[tuple[int, int]]) -> dict:
     16 streams at >= 3.5x the tokens/s of one, per model."""
     widest = f"streams_{max(s for s, _ in levels)}"
     met = {}
-    for name in ("bundled", "random_h256"):
+    for name in (m for m in MODELS if m in report):
         top = report[name][widest]
         met[f"{name}_{widest}_clean"] = not any(top[k] for k in ("errors", "lost", "differ_from_offline", "skipped"))
         speedup = report[name].get("speedup_16_streams_vs_1")

@@ -12,7 +12,7 @@ the share of tokens identical to the random start's continuation.
 
     python benchmarks/warm_start.py runs/stories-small/model \
         --text ../shared/data/tinystories-sample/tinystories_sample.txt
-    python benchmarks/warm_start.py runs/addition/model --task --prompts 64
+    python benchmarks/warm_start.py runs/addition/model --task --prompts 64 --split test
     python benchmarks/warm_start.py default --prompt "73BACbb6baa9Bbb7b="
 """
 
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--text", help="text file to cut prompts from")
     parser.add_argument("--prompt", help="one text prompt instead of --text")
     parser.add_argument("--task", action="store_true", help="held-out problems of the model's task.json")
+    parser.add_argument("--split", default="validation", help="the task's split: validation (trained-on "
+                        "difficulty, unseen problems) or test (harder)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=48)
@@ -49,7 +51,7 @@ def main() -> None:
     problems = None
     if args.task:
         task = task_from_dir(args.model)
-        problems = task.problems("validation", args.prompts, seed=0)
+        problems = task.problems(args.split, args.prompts, seed=0)
         prompts = [task.prompt_ids(p) for p in problems]
         args.new_tokens = max(len(tok.encode(p.answer)) for p in problems)
         if args.new_tokens < 2:
@@ -67,8 +69,8 @@ def main() -> None:
         prompts = [ids[i * stride : i * stride + args.prompt_tokens] for i in range(args.prompts)]
     settings = {"random start": dict(init_scale=1.0, seed=0), "zero start": dict(init_scale=0.0),
                 "warm start": dict(init_scale=1.0, seed=0, warm_start=True)}
-    report: dict = {"model": args.model, "prompts": len(prompts), "new_tokens": args.new_tokens,
-                    "steps": args.steps, "results": {}}
+    report: dict = {"model": args.model, "split": args.split if args.task else None, "prompts": len(prompts),
+                    "new_tokens": args.new_tokens, "steps": args.steps, "results": {}}
     for criterion in args.exit:
         rows: dict = {}
         reference = None

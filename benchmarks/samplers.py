@@ -8,7 +8,7 @@ KL exit, self-speculative decoding (draft 4, lookahead 4), and the parallel samp
 and r'=2 beta=0.5; one request at a time (batch 1) and 8 rows of continuous batching (batch 8).
 Every figure comes from this one run, greedy, eager.
 
-    latentloop train recipes/addition.toml --out runs/addition   # the model (~30 min on 2 cores)
+    latentloop train recipes/addition.toml --out runs/addition   # the model (~75 min on 2 cores)
     python benchmarks/samplers.py --model runs/addition/model
     python benchmarks/samplers.py --model runs/addition/model --problems 20 --out plots/
 """

@@ -66,11 +66,11 @@ class CacheView:
     """One forward's view of the cache: which rows take part, where their new tokens go, the mask.
     The model calls `attend`; compiled graphs take `slots(...)`."""
 
-    def __init__(self, cache: KVCache, rows: Tensor, positions: Tensor) -> None:
+    def __init__(self, cache: KVCache, rows: Tensor, positions: Tensor, in_use: int) -> None:
         self.cache, self.rows, self.positions, self.writes = cache, rows, positions, positions
-        # attention reads the columns in use, at least 2: compiled graphs are dynamic in the width only
-        # above 1 (dynamo specializes sizes 0 and 1), and the first decode of a 1-token prompt reads one
-        width = max(int(positions.max()) + 1, min(2, cache.max_length + 1))
+        # attention reads the `in_use` columns (the longest row's), at least 2: compiled graphs are dynamic
+        # in the width only above 1 (dynamo specializes sizes 0 and 1), and a 1-token prompt's first decode reads one
+        width = max(in_use, min(2, cache.max_length + 1))
         column = torch.arange(width, device=positions.device)
         hidden = column[None, None, :] > positions[:, :, None]  # [B, S, W]: later tokens, unwritten columns
         self.bias = torch.zeros(hidden.shape, dtype=cache.dtype, device=positions.device).masked_fill_(
@@ -163,7 +163,7 @@ class KVCache:
     def allocate(self, depth: int | None = None) -> int:
         """A free row, its length reset to 0 (what it held stays, unread). `depth`: the most iterations a
         token of the row will run (default the cache's num_steps); slots past it are never read, so an
-        early exit fills only the slots below it (`Engine.forward` refuses to run the row deeper)."""
+        early exit fills only the slots below it (`commit` refuses a row that ran deeper)."""
         if depth is not None and not 1 <= depth <= self.num_steps:
             raise ValueError(f"a row's depth must lie in [1, {self.num_steps}] (the cache's num_steps), got {depth}")
         if not self._free:
@@ -195,7 +195,7 @@ class KVCache:
         columns = torch.arange(max(counts), device=device)
         real = columns < torch.tensor(counts, device=device)[:, None]
         positions = starts[:, None] + torch.minimum(columns, torch.tensor(counts, device=device)[:, None] - 1)
-        view = CacheView(self, torch.tensor(rows, device=device), positions)
+        view = CacheView(self, torch.tensor(rows, device=device), positions, max(ends))
         if not bool(real.all()):
             view.writes = torch.where(real, positions, self.max_length)
         return view
@@ -235,9 +235,10 @@ class KVCache:
         first, end = int(last.min()), max(read for _, _, _, read in short)
         source = torch.minimum(torch.arange(first, end, device=device)[:, None], last[None, :]) - first  # [slots, n]
         for ring in self.keys[self.core_begin : self.coda_begin] + self.values[self.core_begin : self.coda_begin]:
-            window = torch.stack([t[rows, :, positions] for t in ring[first:end]])  # [slots, n, S, H, D]
+            slots = ring[first:end]
+            window = torch.stack([t[rows, :, positions] for t in slots])  # [slots, n, S, H, D]
             window = window.gather(0, source[:, :, None, None, None].expand_as(window))
-            for t, filled in zip(ring[first:end], window, strict=True):
+            for t, filled in zip(slots, window, strict=True):
                 t[rows, :, positions] = filled
 
     def rewind(self, row: int, length: int) -> None:

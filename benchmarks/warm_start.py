@@ -24,6 +24,7 @@ import time
 
 from latentloop import generate, load_model
 from latentloop.tasks import task_from_dir
+from latentloop.tasks.base import SPLITS
 from latentloop.tokenizer import load_tokenizer
 
 
@@ -38,8 +39,8 @@ def main() -> None:
     parser.add_argument("--text", help="text file to cut prompts from")
     parser.add_argument("--prompt", help="one text prompt instead of --text")
     parser.add_argument("--task", action="store_true", help="held-out problems of the model's task.json")
-    parser.add_argument("--split", default="validation", help="the task's split: validation (trained-on "
-                        "difficulty, unseen problems) or test (harder)")
+    parser.add_argument("--split", default="validation", choices=SPLITS, help="the task's split: validation "
+                        "(trained-on difficulty, unseen problems) or test (harder)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=48)

@@ -14,6 +14,12 @@ from latentloop.generate import Engine, generate
 from latentloop.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.skipif(not compiled.has_cpp_compiler(), reason="inductor needs a C++ compiler")
+# Tests that share a model's graphs run on one worker (`--dist loadgroup`, set in pyproject.toml): they compile
+# once, and the frozen and the weights-as-inputs graphs compile side by side on two workers.
+FROZEN = pytest.mark.xdist_group("compiled-frozen")
+AS_INPUTS = pytest.mark.xdist_group("compiled-weights-as-inputs")
+BOTH_WAYS = pytest.mark.parametrize("frozen", [pytest.param(True, id="frozen", marks=FROZEN),
+                                               pytest.param(False, id="weights-as-inputs", marks=AS_INPUTS)])
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +28,7 @@ def models(conformance_dir):
     return load_model(conformance_dir / "checkpoint"), load_model(conformance_dir / "checkpoint")
 
 
+@FROZEN
 @pytest.mark.parametrize("num_steps, kv_budget", [(3, None), (5, 2)])
 def test_compiled_steps_equal_eager_steps_for_rows_of_different_lengths(models, num_steps, kv_budget):
     eager, compiled = models
@@ -54,13 +61,14 @@ def compiled_model(frozen: bool, models, unfrozen, monkeypatch):
 REFERENCE_RUN = dict(num_steps=8, init_scale=0.0, max_new_tokens=10)  # the fixture's greedy_r8 case
 
 
-@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "weights-as-inputs"])
+@BOTH_WAYS
 def test_compiled_greedy_matches_the_reference_generator(models, unfrozen, conformance_cases, frozen, monkeypatch):
     model = compiled_model(frozen, models, unfrozen, monkeypatch)
     result = generate(model, conformance_cases["greedy_prompt"], compile=True, **REFERENCE_RUN)
     assert result.tokens == conformance_cases["greedy_r8"].tolist()
 
 
+@FROZEN
 def test_compiled_early_exit_and_speculation_match_eager(models):
     eager, compiled = models
     prompts = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42]]
@@ -84,7 +92,7 @@ def test_row_group_matvec_equals_the_matrix_product():
     assert _matvec_in_row_groups(row, weight[:-1].t()) is NotImplemented  # rows not divisible into groups
 
 
-@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "weights-as-inputs"])
+@BOTH_WAYS
 def test_compiled_models_of_one_shape_use_each_models_current_weights(models, unfrozen, conformance_cases, frozen,
                                                                       monkeypatch):
     """Two models of one shape, compiled in turn, each decode with their own weights (graphs of their own

@@ -38,19 +38,23 @@ class RMSNorm(nn.Module):
 
 
 def rope_table(head_dim: int, length: int, base: float, device: torch.device | None = None) -> Tensor:
-    """[length, head_dim/2, 2] of (cos, sin): pair i at position p turns by p * base^(-2i/head_dim)."""
+    """[length, head_dim, 2]: per feature, the (cos, sin) `apply_rope` multiplies by. Pair i (features 2i and
+    2i+1) at position p turns by p * base^(-2i/head_dim); the sin of feature 2i carries the minus sign."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
     angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
-    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+    cos, sin = angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1)
+    sin[:, 0::2] = -sin[:, 0::2]
+    return torch.stack([cos, sin], dim=-1)
 
 
 def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
-    """Rotate interleaved feature pairs (2i, 2i+1) of x [B, S, H, D] by rope [B|1, S, D/2, 2], in float32."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    cos, sin = rope[..., 0].unsqueeze(2), rope[..., 1].unsqueeze(2)
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    """Rotate interleaved feature pairs (2i, 2i+1) of x [..., H, D] by rope [..., D, 2] (rows of `rope_table`),
+    in float32: x * cos + x_with_each_pair_swapped * sin, the rotation's own products and sums, in 8 ops
+    (eager decoding is op-bound)."""
+    xf = x.float()
+    cos, sin = rope.unsqueeze(-3).unbind(-1)
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (xf * cos + swapped * sin).type_as(x)
 
 
 class KVStore(Protocol):
@@ -63,7 +67,7 @@ class KVStore(Protocol):
 class Context:
     """Per-call inputs every block shares: rotary table rows, attention mask, optional cache."""
 
-    rope: Tensor  # [B|1, S, D/2, 2]
+    rope: Tensor  # [B|1, S, D, 2]: rows of `rope_table`
     mask: Tensor | None = None  # bool [B, 1, S, S], True = may attend; None = causal
     cache: KVStore | None = None
 

@@ -152,3 +152,22 @@ def test_bfloat16_run_is_close_and_returns_float32_logits(conformance_dir, confo
     assert out.logits.dtype == torch.float32
     # bf16 weights and activations: ~3 significant digits per op, compounded over 20 blocks
     torch.testing.assert_close(out.logits, conformance_cases["logits_zero_r4"], atol=0.15, rtol=0.05)
+
+
+def test_rope_turns_each_interleaved_pair_by_its_angle():
+    """apply_rope is the rotation of pair i (features 2i, 2i+1) at position p by p * base^(-2i/D): the complex
+    product (x_2i + i x_2i+1) e^(i angle), for every head, in float32 whatever the input dtype."""
+    from latentloop.model import apply_rope, rope_table
+
+    head_dim, base = 8, 100.0
+    positions = torch.tensor([[0, 3, 17]])
+    x = torch.randn(1, 3, 2, 4, head_dim, generator=torch.Generator().manual_seed(0))  # [B, S, q|k, H, D]
+    angles = positions[..., None] * base ** (-torch.arange(0, head_dim, 2) / head_dim)  # [1, 3, D/2]
+    turn = torch.polar(torch.ones_like(angles), angles.float())[:, :, None, None]
+    expected = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * turn).flatten(-2)
+    rope = rope_table(head_dim, 32, base)[positions].unsqueeze(2)
+    torch.testing.assert_close(apply_rope(x, rope), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(apply_rope(x[:, :1], rope[:, :1]), x[:, :1])  # position 0 turns by nothing
+    half = apply_rope(x.bfloat16(), rope)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), expected, atol=0.05, rtol=0.02)

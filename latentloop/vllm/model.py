@@ -161,7 +161,7 @@ class RavenModel(nn.Module):
 
     def forward(self, input_ids: Tensor | None, positions: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         c = self.config
-        rope = self.rope[positions].unsqueeze(1)  # [T, 1, D/2, 2]: q and k of every head
+        rope = self.rope[positions].unsqueeze(1)  # [T, 1, D, 2]: q and k of every head
         e = self.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds
         for i, block in enumerate(self.prelude):
             e = block(e, rope, self.kv_slots[i])

@@ -33,8 +33,9 @@ def attend_rows(
     """Store k, v [B, H, S, D] at columns `writes` [B, S] of `rows` [B] in keys/values [R, H, L + 1, D],
     then attend from q over the first W columns of those rows; `bias` [B, 1, S, W] is 0 where a query
     may look and -inf elsewhere."""
-    keys[rows[:, None], :, writes] = k.transpose(1, 2)
-    values[rows[:, None], :, writes] = v.transpose(1, 2)
+    at = rows.unsqueeze(1)  # [B, 1] against writes [B, S]
+    keys[at, :, writes] = k.transpose(1, 2)
+    values[at, :, writes] = v.transpose(1, 2)
     width = bias.shape[-1]
     past_k, past_v = keys[:, :, :width].index_select(0, rows), values[:, :, :width].index_select(0, rows)
     if q.shape[2] > 1 or not torch.compiler.is_compiling():

@@ -187,3 +187,31 @@ def test_prompt_exit_decides_the_depth_of_every_prompt_token(model):
     batched = [s.submit(Request(**moderate)), s.submit(Request(**shallow))]
     s.run()
     assert [r.tokens for r in batched] == [alone(model, moderate).tokens, alone(model, shallow).tokens]
+
+
+def test_prompts_prefill_in_forwards_of_similar_lengths(model):
+    """Prompts that arrive together share prefill forwards only with prompts of about their length (the
+    padding stays within PADDING_SLACK of the real tokens), and each request still gives its tokens alone."""
+    from latentloop.engine import PADDING_SLACK, similar_lengths
+
+    assert similar_lengths([39, 8, 37, 9, 38, 2]) == [[0, 4, 2], [3, 1], [5]]
+    assert similar_lengths([5, 5, 5]) == [[0, 1, 2]] and similar_lengths([]) == []
+    g = torch.Generator().manual_seed(3)
+    specs = [dict(prompt=torch.randint(0, 256, (n + 1,), generator=g).tolist(), max_new_tokens=3, num_steps=4,
+                  init_scale=0.0) for n in (39, 8, 37, 9, 38, 2)]
+    s = scheduler(model, 6)
+    prefills = []
+    forward = s.engine.forward
+
+    def recording(ids, *args, **kwargs):
+        if kwargs.get("lengths") is not None:
+            prefills.append((ids.shape, sum(kwargs["lengths"])))
+        return forward(ids, *args, **kwargs)
+
+    s.engine.forward = recording
+    requests = [s.submit(Request(**spec)) for spec in specs]
+    s.run()
+    assert [shape for shape, _ in prefills] == [(3, 39), (2, 9), (1, 2)]
+    assert all(shape.numel() <= (1 + PADDING_SLACK) * real for shape, real in prefills)
+    for request, spec in zip(requests, specs, strict=True):
+        assert request.tokens == alone(model, spec).tokens

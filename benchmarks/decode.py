@@ -7,8 +7,9 @@ in the same run, and reports each batch-1 figure as a fraction of its bandwidth 
 (compute-bound: 32 tokens at once); the fraction of the bound is that of the decode rate after it,
 each timed run against the bandwidth measured just before and after it (on a shared machine the
 bandwidth moves by half within minutes). Speed-ups are ratios of cases measured in this run (compiled
-vs eager, each variant vs the full cache); the reference implementation cannot run here (its code lives
-on the model hub), so no figure is divided by its numbers from another run.
+vs eager, each variant vs the full cache); eager rows also count the ATen ops dispatched per token. The
+reference implementation cannot run here (its code lives on the model hub), so no figure is divided by its
+numbers from another run.
 
     python benchmarks/decode.py            # everything (~15 minutes on 2 cores)
     python benchmarks/decode.py --quick    # a short subset
@@ -124,6 +125,28 @@ def run_case(model, prompt, num_steps: int, new_tokens: int, repeat: int = 1, bo
     return row | {"_tokens": result.tokens}
 
 
+def ops_per_token(model, prompt, num_steps: int, tokens: int = 8) -> float:
+    """ATen ops that eager decoding dispatches per new token (the prompt's forward left out): what a decode
+    bound by per-op overhead pays for, and a count that, unlike a rate, the machine's load does not move."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    calls = []
+    for new_tokens in (1, 1 + tokens):
+        with Counter() as counter:
+            generate(model, prompt, num_steps=num_steps, init_scale=0.0, max_new_tokens=new_tokens, stop_ids=[])
+        calls.append(counter.calls)
+    return (calls[1] - calls[0]) / tokens
+
+
 def cases(quick: bool) -> list[tuple]:
     """(hidden, dtype, batch, num_steps, name, options)."""
     f32, bf16 = torch.float32, torch.bfloat16
@@ -191,6 +214,7 @@ def main() -> None:
         key = (hidden, dtype, batch, steps)
         if name == "full":
             plain_tokens[key] = tokens
+            row["eager_ops_per_token"] = ops_per_token(model, prompt, steps)
         elif key in plain_tokens:
             full = next(r for r in report["results"] if r["variant"] == "full" and
                         (r["hidden"], r["dtype"], r["batch"], r["num_steps"]) == (hidden, row["dtype"], batch, steps))

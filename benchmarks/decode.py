@@ -7,7 +7,7 @@ in the same run, and reports each batch-1 figure as a fraction of its bandwidth 
 (compute-bound: 32 tokens at once); the fraction of the bound is that of the decode rate after it,
 each timed run against the bandwidth measured just before and after it (on a shared machine the
 bandwidth moves by half within minutes). Speed-ups are ratios of cases measured in this run (compiled
-vs eager, each variant vs the full cache); eager rows also count the ATen ops dispatched per token. The
+vs eager, each variant vs the full cache); eager batch-1 rows also count the ATen ops dispatched per token. The
 reference implementation cannot run here (its code lives on the model hub), so no figure is divided by its
 numbers from another run.
 
@@ -214,7 +214,8 @@ def main() -> None:
         key = (hidden, dtype, batch, steps)
         if name == "full":
             plain_tokens[key] = tokens
-            row["eager_ops_per_token"] = ops_per_token(model, prompt, steps)
+            if batch == 1:  # a batch's step dispatches its ops once for all its rows
+                row["eager_ops_per_token"] = ops_per_token(model, prompt, steps)
         elif key in plain_tokens:
             full = next(r for r in report["results"] if r["variant"] == "full" and
                         (r["hidden"], r["dtype"], r["batch"], r["num_steps"]) == (hidden, row["dtype"], batch, steps))

@@ -48,12 +48,12 @@ def attend_rows(
 
 @dataclass
 class Slots:
-    """The K/V tensors of a run of layers at one iteration, plus the call's rows and positions: only
-    tensors, so that one compiled graph serves every token, iteration and row set."""
+    """The K/V tensors of a run of layers, plus the rows of them a call uses at its iteration and its
+    positions: only tensors, so that one compiled graph serves every token, iteration and row set."""
 
-    keys: list[Tensor]  # [R, H, L + 1, D] per layer, from first_layer on
+    keys: list[Tensor]  # [slots * R, H, L + 1, D] per layer, from first_layer on (`KVCache.layer_keys`)
     values: list[Tensor]
-    rows: Tensor  # [B]
+    rows: Tensor  # [B]: a row's slot at this iteration (core layers: row + slot * R)
     writes: Tensor  # [B, S] the columns this call's K/V go to
     bias: Tensor  # [B, 1, S, W]: the columns in use
     first_layer: int
@@ -65,7 +65,9 @@ class Slots:
 
 class CacheView:
     """One forward's view of the cache: which rows take part, where their new tokens go, the mask.
-    The model calls `attend`; compiled graphs take `slots(...)`."""
+    The model calls `attend`; compiled graphs take `slots(...)`. Core layers' K/V are read and written at
+    the call's iteration, or, in a view `at_steps`, at each row's own iteration (rows pondering tokens
+    they started at different times)."""
 
     def __init__(self, cache: KVCache, rows: Tensor, positions: Tensor, in_use: int) -> None:
         self.cache, self.rows, self.positions, self.writes = cache, rows, positions, positions
@@ -76,25 +78,48 @@ class CacheView:
         hidden = column[None, None, :] > positions[:, :, None]  # [B, S, W]: later tokens, unwritten columns
         self.bias = torch.zeros(hidden.shape, dtype=cache.dtype, device=positions.device).masked_fill_(
             hidden, float("-inf")).unsqueeze(1)
+        self.steps: Tensor | None = None  # [B] core rows at each row's own iteration (`at_steps`)
+        self._core_rows: dict[int, Tensor] = {}
+
+    def core_rows(self, step: int) -> Tensor:
+        """Rows of the core layers' K/V tensors [slots * R, ...] this call uses at iteration `step`."""
+        if self.steps is not None:
+            return self.steps
+        slot = step % self.cache.core_slots
+        if slot not in self._core_rows:
+            self._core_rows[slot] = self.rows + slot * self.cache.rows if slot else self.rows
+        return self._core_rows[slot]
 
     def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        keys, values = self.cache.slot(layer, step)
-        return attend_rows(keys, values, self.rows, self.writes, self.bias, q, k, v)
+        rows = self.core_rows(step) if self.cache.is_core(layer) else self.rows
+        return attend_rows(self.cache.layer_keys[layer], self.cache.layer_values[layer], rows, self.writes,
+                           self.bias, q, k, v)
+
+    def _copy(self, **changes) -> CacheView:
+        view = object.__new__(CacheView)
+        view.__dict__ |= self.__dict__ | {"_core_rows": {}} | changes
+        return view
 
     def subset(self, index: Tensor, writes: Tensor | None = None) -> CacheView:
         """The view of the batch entries `index` (compaction); `writes` [len(index)] bool: False entries
         write to the scratch column."""
-        view = object.__new__(CacheView)
-        view.cache = self.cache
-        view.rows, view.positions, view.bias = self.rows[index], self.positions[index], self.bias[index]
-        view.writes = self.writes[index]
+        view = self._copy(rows=self.rows[index], positions=self.positions[index], bias=self.bias[index],
+                          writes=self.writes[index], steps=None if self.steps is None else self.steps[index])
         if writes is not None:
             view.writes = torch.where(writes[:, None], view.writes, self.cache.max_length)
         return view
 
+    def at_steps(self, steps: list[int]) -> CacheView:
+        """This view with row i at core iteration steps[i], whatever the iteration a call names."""
+        slots, rows = self.cache.core_slots, self.cache.rows
+        offsets = torch.tensor([s % slots * rows for s in steps], device=self.rows.device)
+        return self._copy(steps=self.rows + offsets)
+
     def slots(self, first_layer: int, n_layers: int, step: int) -> Slots:
-        pairs = [self.cache.slot(layer, step) for layer in range(first_layer, first_layer + n_layers)]
-        return Slots([k for k, _ in pairs], [v for _, v in pairs], self.rows, self.writes, self.bias, first_layer)
+        cache, layers = self.cache, range(first_layer, first_layer + n_layers)
+        rows = self.core_rows(step) if cache.is_core(first_layer) else self.rows
+        return Slots([cache.layer_keys[i] for i in layers], [cache.layer_values[i] for i in layers], rows,
+                     self.writes, self.bias, first_layer)
 
 
 class KVCache:
@@ -116,9 +141,13 @@ class KVCache:
         self.core_begin, self.coda_begin = config.n_prelude, config.n_prelude + config.n_core
         n_layers = self.coda_begin + config.n_coda
         shape = (rows, config.num_heads, max_length + 1, config.head_dim)  # the last column is scratch
-        slots = [self.core_slots if self.core_begin <= i < self.coda_begin else 1 for i in range(n_layers)]
-        self.keys = [[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)] for n in slots]
-        self.values = [[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)] for n in slots]
+        slots = [self.core_slots if self.is_core(i) else 1 for i in range(n_layers)]
+        # One tensor per layer, its iteration slots stacked by row: slot s of row r is row s * rows + r, so one
+        # call can read and write each row at an iteration of its own. `keys[layer][s]` is slot s's [R, ...].
+        self.layer_keys = [torch.zeros((n * rows, *shape[1:]), dtype=dtype, device=device) for n in slots]
+        self.layer_values = [torch.zeros((n * rows, *shape[1:]), dtype=dtype, device=device) for n in slots]
+        self.keys = [list(t.unflatten(0, (n, rows)).unbind(0)) for t, n in zip(self.layer_keys, slots, strict=True)]
+        self.values = [list(t.unflatten(0, (n, rows)).unbind(0)) for t, n in zip(self.layer_values, slots, strict=True)]
         self.lengths = [0] * rows  # positions holding committed tokens, per row
         self.depths = [num_steps] * rows  # the most iterations a token of the row may run (see `allocate`)
         self.iterations = torch.zeros(rows, max_length, dtype=torch.int32, device=device)
@@ -154,7 +183,7 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         """Bytes held by the K/V tensors (the part that grows with iterations and length)."""
-        return sum(t.numel() * t.element_size() for ring in self.keys + self.values for t in ring)
+        return sum(t.numel() * t.element_size() for t in self.layer_keys + self.layer_values)
 
     @property
     def bytes_per_token(self) -> int:
@@ -178,9 +207,12 @@ class KVCache:
             raise ValueError(f"row {row} is not in use")
         self._free.append(row)
 
+    def is_core(self, layer: int) -> bool:
+        return self.core_begin <= layer < self.coda_begin
+
     def slot(self, layer: int, step: int) -> tuple[Tensor, Tensor]:
         """K and V [R, H, L, D] of global block `layer` at iteration `step` (core layers: a ring)."""
-        index = step % self.core_slots if self.core_begin <= layer < self.coda_begin else 0
+        index = step % self.core_slots if self.is_core(layer) else 0
         return self.keys[layer][index], self.values[layer][index]
 
     def view(self, rows: list[int], new_tokens: int | list[int]) -> CacheView:

@@ -179,7 +179,7 @@ class CompiledSteps:
 
     def _run(self, graph: Callable, part: str, ctx: Context, steps: range, *inputs: Tensor) -> Any:
         """Call a graph for iterations `steps`. The first call of each kind (piece and iterations per
-        call; inputs' shapes, strides, dtypes; exited rows or not; a cache slot handed twice) goes
+        call; inputs' shapes, strides, dtypes; exited rows or not) goes
         through dynamo's guards, which compile a graph for it (whole: fullgraph, and never refused for
         having too many) or pick one compiled earlier, maybe for another model of its shapes.
         Later calls of a kind already seen are what those guards passed, so they skip evaluating all
@@ -193,9 +193,8 @@ class CompiledSteps:
         if inputs[0].shape[1] > 1:  # once per prompt or draft: guards are cheap next to the work
             with self._tracing():
                 return self._many[part](*args)
-        distinct = len({id(s.keys[0]) for s in slots})  # a KV ring shorter than the call hands a slot twice
         keys = slots[0].keys[0]  # a one-row cache is a graph of its own: dynamo specializes sizes of 1
-        kind = (part, len(slots), distinct, *map(_tensor_kind, (*inputs, ctx.rope)), keys.dtype,
+        kind = (part, len(slots), *map(_tensor_kind, (*inputs, ctx.rope)), keys.dtype,
                 keys.is_inference(), keys.shape[0] == 1)
         if kind in self._known:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
@@ -226,7 +225,7 @@ class CompiledSteps:
             raise TypeError("compiled decoding runs against a KVCache")
         cache = view.cache
         if cache not in self._caches:  # one graph for every row count and length: marked once, the tensors persist
-            for tensor in (t for ring in cache.keys + cache.values for t in ring):
+            for tensor in cache.layer_keys + cache.layer_values:
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)  # may be 1 row: dynamic where dynamo allows it
                 torch._dynamo.mark_dynamic(tensor, 2)
             self._caches.add(cache)

@@ -8,6 +8,12 @@ mixed batch costs what its rows need, not what the deepest row needs.
 chunk of each new prompt (all but its last token, so running rows keep decoding meanwhile), run one
 decode step over the running rows (the prompt's last token is the first one decoded, under the
 request's depth and exit), hand the new tokens to each request and retire the finished ones.
+
+A decode step does not hold rows to one token each: every row ponders its own token (`Thought`), one
+core iteration of all of them at a time, each at its own iteration, and the step ends as soon as any row
+is done; the others carry on in the next step. A row that needs 4 iterations then turns out 8 tokens
+while one beside it thinks 32 iterations about one, so a mixed batch runs as many iterations as its rows
+need on average, not as its deepest row needs (Continuous Depth Batching, arXiv 2608.09444).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .cache import CacheView, KVCache
-from .exits import ExitCriterion
+from .exits import ExitCriterion, Update
 from .model import Context, RecurrentDepthLM
 from .request import Request
 
@@ -31,6 +37,19 @@ class Forward:
     state: Tensor  # [B, S, h] final recurrent state (what warm start feeds to the next token)
     iterations: Tensor  # [B] iterations each row ran
     embedding: Tensor  # [B, S, h] the prelude's output injected at every iteration (the parallel sampler mixes it)
+
+
+@dataclass(eq=False)
+class Thought:
+    """A token a row is pondering, kept from one decode step to the next: the prelude's injection, the
+    state so far, the iterations it has run and its exit criterion's running comparison."""
+
+    e: Tensor  # [1, 1, h]
+    x: Tensor  # [1, 1, h]
+    depth: int  # the most iterations it runs
+    criterion: ExitCriterion | None
+    update: Update | None
+    steps: int = 0
 
 
 def _per_row(value, batch: int) -> list:
@@ -140,19 +159,69 @@ class Engine:
             if not active:
                 break
             x = self._core_step(run, x, e, ctx, step, active)
-            watched = [i for i in active if updates[i] is not None]
-            if watched:
-                logits = None
-                if any(criteria[i].needs_logits for i in watched):
-                    index, sub = self._select(ctx, watched, batch)
-                    logits = run.decode(x if index is None else x[index], sub)[1]
-                for n, i in enumerate(watched):
-                    converged = updates[i](x[i : i + 1], None if logits is None else logits[n : n + 1])
-                    if step + 1 >= criteria[i].min_steps and bool(converged):
-                        done[i], iterations[i] = True, step + 1
+            for i in self._converged(run, x, ctx, active, criteria, updates, [step + 1] * batch):
+                done[i], iterations[i] = True, step + 1
             for i in active:
                 done[i] = done[i] or step + 1 >= depths[i]
         return x, iterations
+
+    def _converged(self, run, x: Tensor, ctx: Context, rows: list[int], criteria: list[ExitCriterion | None],
+                   updates: list[Update | None], steps: list[int]) -> list[int]:
+        """After an iteration: the entries of `rows` whose exit criterion fires, `steps[i]` iterations in
+        (not before its min_steps); every watched row's comparison moves on."""
+        watched = [i for i in rows if updates[i] is not None]
+        if not watched:
+            return []
+        logits = None
+        if any(criteria[i].needs_logits for i in watched):
+            index, sub = self._select(ctx, watched, x.shape[0])
+            logits = run.decode(x if index is None else x[index], sub)[1]
+        return [i for n, i in enumerate(watched)
+                if bool(updates[i](x[i : i + 1], None if logits is None else logits[n : n + 1]))
+                and steps[i] >= criteria[i].min_steps]
+
+    @torch.inference_mode()
+    def begin(self, ids: Tensor, view: CacheView, num_steps: list[int], exit: list[ExitCriterion | None],
+              state: list[Tensor | None], init_scale: list[float], generators: list[torch.Generator | None],
+              ) -> list[Thought]:
+        """Start pondering one new token per row of `view` (ids [B, 1]): the prelude writes its K/V at the
+        row's next position, and each row starts from its given state or its own noise."""
+        run = self.compiled if self.compiled is not None else self.model
+        ctx = self.model.context(1, position_ids=view.positions, cache=view)
+        e = run.embed(ids.to(self.model.device), ctx)
+        x = self._initial_state(e, state, init_scale, generators, [1] * len(ids))
+        vocab = self.model.config.vocab_size
+        return [Thought(e[i : i + 1], x[i : i + 1], (c.max_steps or n) if c is not None else n, c,
+                        c.begin(x[i : i + 1], vocab) if c is not None else None)
+                for i, (n, c) in enumerate(zip(num_steps, exit, strict=True))]
+
+    @torch.inference_mode()
+    def ponder(self, view: CacheView, thoughts: list[Thought]) -> tuple[list[int], Forward]:
+        """Core iterations of the rows of `view`, each at its own iteration, until at least one of them is
+        done (its depth, or its exit criterion); those go through the coda and are committed. Returns
+        their indices and their `Forward`; the other thoughts carry their state to the next call."""
+        run = self.compiled if self.compiled is not None else self.model
+        ctx = self.model.context(1, position_ids=view.positions, cache=view)
+        x, e = torch.cat([t.x for t in thoughts]), torch.cat([t.e for t in thoughts])
+        criteria, updates = [t.criterion for t in thoughts], [t.update for t in thoughts]
+        rows = list(range(len(thoughts)))
+        done: list[int] = []
+        while not done:
+            at = Context(rope=ctx.rope, cache=view.at_steps([t.steps for t in thoughts]))
+            x = run.core_step(x, e, at, 0)
+            self.core_rows += len(thoughts)
+            for t in thoughts:
+                t.steps += 1
+            converged = set(self._converged(run, x, at, rows, criteria, updates, [t.steps for t in thoughts]))
+            done = [i for i in rows if i in converged or thoughts[i].steps >= thoughts[i].depth]
+        for i, t in enumerate(thoughts):
+            t.x = x[i : i + 1]
+        index, sub = self._select(ctx, done, len(thoughts))
+        finished = x if index is None else x[index]
+        logits = run.decode(finished, sub)[1]
+        cache_rows, iterations = view.rows.tolist(), [thoughts[i].steps for i in done]
+        self.cache.commit([cache_rows[i] for i in done], 1, iterations)
+        return done, Forward(logits, finished, torch.tensor(iterations), e if index is None else e[index])
 
     def _core_step(self, run, x: Tensor, e: Tensor, ctx: Context, step: int, active: list[int]) -> Tensor:
         """One iteration for the rows in `active`: only they are computed (compaction), or all rows are
@@ -278,6 +347,7 @@ class Scheduler:
 
     def _retire(self, request: Request) -> None:
         self.running.remove(request)
+        request.thought = None
         self.engine.cache.release(request.row)
 
     def _prefill(self, requests: list[Request]) -> None:
@@ -328,12 +398,37 @@ class Scheduler:
                 for request, (tokens, iterations) in zip(group, speculative_step(self.engine, group), strict=True):
                     self._deliver(request, tokens, iterations)
 
+    @torch.inference_mode()  # the view's tensors are what compiled graphs were traced with
     def _plain_step(self, requests: list[Request]) -> None:
-        ids = torch.tensor([[r.pending] for r in requests])
-        out = self.engine.forward(
-            ids, [r.num_steps for r in requests], rows=[r.row for r in requests], exit=[r.exit for r in requests],
-            state=[r.state for r in requests], init_scale=[r.init_scale for r in requests],
-            generators=[r.generator for r in requests])
+        """Rows ponder their tokens until one is done (`Engine.ponder`); a row without a token in mind starts
+        the next. Without compaction every row runs a whole token to the deepest row's depth (the comparison)."""
+        engine = self.engine
+        if not engine.compaction:
+            out = engine.forward(
+                torch.tensor([[r.pending] for r in requests]), [r.num_steps for r in requests],
+                rows=[r.row for r in requests], exit=[r.exit for r in requests], state=[r.state for r in requests],
+                init_scale=[r.init_scale for r in requests], generators=[r.generator for r in requests])
+            self._choose(requests, out)
+            return
+        view = engine.cache.view([r.row for r in requests], 1)
+        new = [i for i, r in enumerate(requests) if r.thought is None]
+        if new:
+            starting = [requests[i] for i in new]
+            sub = view if len(new) == len(requests) else view.subset(torch.tensor(new, device=view.rows.device))
+            thoughts = engine.begin(
+                torch.tensor([[r.pending] for r in starting]), sub, [r.num_steps for r in starting],
+                [r.exit for r in starting], [r.state for r in starting], [r.init_scale for r in starting],
+                [r.generator for r in starting])
+            for r, thought in zip(starting, thoughts, strict=True):
+                r.thought = thought
+        done, out = engine.ponder(view, [r.thought for r in requests])
+        finished = [requests[i] for i in done]
+        for r in finished:
+            r.thought = None
+        self._choose(finished, out)
+
+    def _choose(self, requests: list[Request], out: Forward) -> None:
+        """Each request's next token from its row of `out`, handed to it."""
         logits, counts = out.logits[:, -1], out.iterations.tolist()
         greedy = [i for i, r in enumerate(requests) if not r.sampler.do_sample and r.seen is None]
         tokens = [0] * len(requests)

@@ -19,6 +19,7 @@ from .exits import ExitCriterion, parse_exit
 from .sampling import Sampler
 
 if TYPE_CHECKING:
+    from .engine import Thought
     from .parallel import Parallel, Wavefront
 
 
@@ -103,6 +104,7 @@ class Request:
         self.seen: Tensor | None = None  # [1, V] tokens so far, for the repetition penalty
         self.state: Tensor | None = None  # [1, 1, h] the last token's final state (warm start)
         self.row: int | None = None
+        self.thought: Thought | None = None  # the token the engine is pondering for this request
         self.wavefront: Wavefront | None = None  # the parallel sampler's uncommitted positions
         self.prefilled = 0  # prompt tokens in the cache
         self.first_token_time: float | None = None

@@ -124,6 +124,25 @@ def test_compaction_computes_only_the_rows_still_thinking(model):
     assert s.engine.core_rows - before == 3 * 8 + (1 + 3 + 8)
 
 
+def test_a_shallow_row_turns_out_tokens_while_a_deep_row_ponders_one(model):
+    """Rows ponder at their own iterations: a depth-2 row gives all 8 of its tokens during the 16
+    iterations a depth-16 row spends on its one, and each gives the tokens it gives alone."""
+    s = scheduler(model, 2)
+    arrivals = []
+    specs = [dict(prompt=[5, 6, 7], max_new_tokens=8, num_steps=2, init_scale=0.0),
+             dict(prompt=[9, 4], max_new_tokens=1, num_steps=16, init_scale=0.0)]
+    shallow, deep = (s.submit(Request(**spec, on_tokens=lambda r, new: arrivals.extend([r.num_steps] * len(new))))
+                     for spec in specs)
+    s.run()
+    assert arrivals == [2] * 8 + [16]
+    # row-iterations: one prefill forward per prompt at its depth, then only what each token needed
+    assert s.engine.core_rows == (2 + 16) + (8 * 2 + 16)
+    assert s.stats.decode_steps == 8  # the deep row's token came with the shallow row's last
+    for spec, request in ((specs[0], shallow), (specs[1], deep)):
+        assert request.tokens == alone(model, spec).tokens and request.iterations == [spec["num_steps"]] * len(
+            request.tokens)
+
+
 def test_bad_requests_get_clear_errors(model):
     s = scheduler(model, 2, max_length=16, num_steps=8)
     with pytest.raises(ValueError, match="need 17 positions, but a cache row holds 16"):

@@ -159,26 +159,27 @@ class Engine:
             if not active:
                 break
             x = self._core_step(run, x, e, ctx, step, active)
-            for i in self._converged(run, x, ctx, active, criteria, updates, [step + 1] * batch):
+            for i in self._converged(run, x, ctx, active, criteria, updates, [step + 1] * batch)[0]:
                 done[i], iterations[i] = True, step + 1
             for i in active:
                 done[i] = done[i] or step + 1 >= depths[i]
         return x, iterations
 
     def _converged(self, run, x: Tensor, ctx: Context, rows: list[int], criteria: list[ExitCriterion | None],
-                   updates: list[Update | None], steps: list[int]) -> list[int]:
+                   updates: list[Update | None], steps: list[int]) -> tuple[list[int], dict[int, Tensor]]:
         """After an iteration: the entries of `rows` whose exit criterion fires, `steps[i]` iterations in
-        (not before its min_steps); every watched row's comparison moves on."""
+        (not before its min_steps), and the logits [1, 1, V] it decoded for each entry, by entry; every
+        watched row's comparison moves on."""
         watched = [i for i in rows if updates[i] is not None]
         if not watched:
-            return []
+            return [], {}
         logits = None
         if any(criteria[i].needs_logits for i in watched):
             index, sub = self._select(ctx, watched, x.shape[0])
             logits = run.decode(x if index is None else x[index], sub)[1]
-        return [i for n, i in enumerate(watched)
-                if bool(updates[i](x[i : i + 1], None if logits is None else logits[n : n + 1]))
-                and steps[i] >= criteria[i].min_steps]
+        decoded = {} if logits is None else {i: logits[n : n + 1] for n, i in enumerate(watched)}
+        return [i for i in watched if bool(updates[i](x[i : i + 1], decoded.get(i)))
+                and steps[i] >= criteria[i].min_steps], decoded
 
     @torch.inference_mode()
     def begin(self, ids: Tensor, view: CacheView, num_steps: list[int], exit: list[ExitCriterion | None],
@@ -212,13 +213,17 @@ class Engine:
             self.core_rows += len(thoughts)
             for t in thoughts:
                 t.steps += 1
-            converged = set(self._converged(run, x, at, rows, criteria, updates, [t.steps for t in thoughts]))
+            converged, decoded = self._converged(run, x, at, rows, criteria, updates, [t.steps for t in thoughts])
             done = [i for i in rows if i in converged or thoughts[i].steps >= thoughts[i].depth]
         for i, t in enumerate(thoughts):
             t.x = x[i : i + 1]
-        index, sub = self._select(ctx, done, len(thoughts))
+        need = [i for i in done if i not in decoded]  # an exit's logits are those of the iteration it ends at
+        if need:
+            index, sub = self._select(ctx, need, len(thoughts))
+            decoded |= dict(zip(need, run.decode(x if index is None else x[index], sub)[1].split(1), strict=True))
+        logits = torch.cat([decoded[i] for i in done])
+        index = None if len(done) == len(thoughts) else torch.tensor(done, device=x.device)
         finished = x if index is None else x[index]
-        logits = run.decode(finished, sub)[1]
         cache_rows, iterations = view.rows.tolist(), [thoughts[i].steps for i in done]
         self.cache.commit([cache_rows[i] for i in done], 1, iterations)
         return done, Forward(logits, finished, torch.tensor(iterations), e if index is None else e[index])

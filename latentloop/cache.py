@@ -257,22 +257,19 @@ class KVCache:
 
     def _fill_unwritten(self, short: list[tuple[int, int, int, int]], new_tokens: int) -> None:
         """Slots a row never wrote (it exited early) but may read get that row's last computed iteration:
-        (row, start, iterations run, slots read) per row. One pass over the slots from the first row's last
-        iteration to the last slot any row reads; a slot that a row already wrote, or never reads, is
-        rewritten with its own value or with one nobody sees."""
+        (row, start, iterations run, slots read) per row. Slot j of row r is row j * rows + r of a layer's
+        tensor, so each core layer's K and V are filled by one gather and one scatter."""
+        targets, sources, starts = [], [], []
+        for row, start, count, read in short:
+            targets += [j * self.rows + row for j in range(count, read)]
+            sources += [(count - 1) * self.rows + row] * (read - count)
+            starts += [start] * (read - count)
         device = self.iterations.device
-        rows = torch.tensor([r for r, _, _, _ in short], device=device)[:, None]
-        positions = torch.tensor([s for _, s, _, _ in short], device=device)[:, None] + torch.arange(new_tokens,
-                                                                                                     device=device)
-        last = torch.tensor([c - 1 for _, _, c, _ in short], device=device)
-        first, end = int(last.min()), max(read for _, _, _, read in short)
-        source = torch.minimum(torch.arange(first, end, device=device)[:, None], last[None, :]) - first  # [slots, n]
-        for ring in self.keys[self.core_begin : self.coda_begin] + self.values[self.core_begin : self.coda_begin]:
-            slots = ring[first:end]
-            window = torch.stack([t[rows, :, positions] for t in slots])  # [slots, n, S, H, D]
-            window = window.gather(0, source[:, :, None, None, None].expand_as(window))
-            for t, filled in zip(slots, window, strict=True):
-                t[rows, :, positions] = filled
+        positions = torch.tensor(starts, device=device)[:, None] + torch.arange(new_tokens, device=device)
+        to = torch.tensor(targets, device=device)[:, None].expand_as(positions)
+        source = torch.tensor(sources, device=device)[:, None].expand_as(positions)
+        for t in self.layer_keys[self.core_begin : self.coda_begin] + self.layer_values[self.core_begin : self.coda_begin]:
+            t[to, :, positions] = t[source, :, positions]
 
     def rewind(self, row: int, length: int) -> None:
         """Forget a row's positions from `length` on (rejected speculative drafts)."""

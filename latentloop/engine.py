@@ -260,6 +260,8 @@ class EngineStats:
     prefill_tokens: int = 0
     decode_steps: int = 0
     generated_tokens: int = 0
+    prefill_seconds: float = 0.0  # where a run's time went: prompts, and the steps that decode
+    decode_seconds: float = 0.0
 
 
 class Scheduler:
@@ -324,11 +326,15 @@ class Scheduler:
         """Admit, prefill one chunk per new request, decode one step; returns the requests that finished."""
         self._admit()
         prefilling = [r for r in self.running if r.prefilled < len(r.prompt) - 1]
+        started = time.perf_counter()
         if prefilling:
             self._prefill(prefilling)
+        prefilled = time.perf_counter()
         ready = [r for r in self.running if r.prefilled == len(r.prompt) - 1]
         if ready:
             self._decode(ready)
+        self.stats.prefill_seconds += prefilled - started
+        self.stats.decode_seconds += time.perf_counter() - prefilled
         finished = [r for r in self.running if r.finished]
         for request in finished:
             self._retire(request)

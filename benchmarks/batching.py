@@ -9,7 +9,9 @@ bundled model (float32).
   them; aggregate tokens/s and their ratio, and the engine's FLOP/s as a fraction of the matmul
   throughput measured in the same run.
 - W2, mixed depth: num_steps drawn from {4, 8, 16, 32, 64} per request, and separately exit=kl:5e-4
-  on the bundled model; the same engine with compaction on vs off, ratio, mean iterations per token.
+  on the bundled model; the same engine with compaction on (rows ponder at their own iterations, each
+  step ends when a row is done) vs off (a token per row and step, every row to the deepest), ratio,
+  mean iterations per token, and where the time went (prompts, decode steps).
 - Cache bytes per token, and the rows a 4 GB budget holds for huginn-0125's shapes.
 
     python benchmarks/batching.py                 # eager; 64 requests (~20 minutes on 2 cores)
@@ -60,6 +62,7 @@ def run_engine(model, specs: list[dict], rows: int, compile: bool, compaction: b
     iterations = [n for r in requests for n in r.iterations]
     return {"tokens_per_s": tokens / seconds, "seconds": seconds, "tokens": tokens,
             "mean_iterations": sum(iterations) / len(iterations), "core_row_iterations": engine.core_rows,
+            "prefill_seconds": scheduler.stats.prefill_seconds, "decode_seconds": scheduler.stats.decode_seconds,
             "outputs": [r.tokens for r in requests]}
 
 
@@ -117,6 +120,8 @@ def w2(model, specs: list[dict], rows: int, compile: bool, exit: str | None = No
             "no_compaction_tokens_per_s": round(off["tokens_per_s"], 2),
             "ratio": round(on["tokens_per_s"] / off["tokens_per_s"], 2),
             "core_row_iterations": [on["core_row_iterations"], off["core_row_iterations"]],
+            "prefill_seconds": [round(on["prefill_seconds"], 2), round(off["prefill_seconds"], 2)],
+            "decode_seconds": [round(on["decode_seconds"], 2), round(off["decode_seconds"], 2)],
             "mean_iterations_per_token": round(on["mean_iterations"], 2),
             "same_tokens": on["outputs"] == off["outputs"]}
 

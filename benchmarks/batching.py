@@ -17,6 +17,7 @@ bundled model (float32).
     python benchmarks/batching.py                 # eager; 64 requests (~20 minutes on 2 cores)
     python benchmarks/batching.py --compile       # compiled as well (adds compile time per model)
     python benchmarks/batching.py --quick         # 16 requests of 32 new tokens
+    python benchmarks/batching.py --workloads W2 --requests 64 --new-tokens 16   # W2 only, rows refilled from a queue
 """
 
 from __future__ import annotations
@@ -146,7 +147,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also measure compiled decoding")
     parser.add_argument("--quick", action="store_true", help="16 requests, 32 new tokens, 4 sequential")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--workloads", default="W1,W2", help="which to run, comma-separated (default W1,W2)")
     args = parser.parse_args()
+    workloads = set(args.workloads.upper().split(","))
+    if not workloads or not workloads <= {"W1", "W2"}:
+        parser.error(f"--workloads takes W1, W2 or W1,W2; got {args.workloads!r}")
     if args.quick:
         args.requests, args.new_tokens, args.sequential = 16, 32, 4
     if args.threads:
@@ -162,10 +167,13 @@ def main() -> None:
         mode = "compiled" if compile else "eager"
         for name, model in models.items():
             specs = workload(model.config.vocab_size, args.requests, args.new_tokens)
-            entry = {"W1_fixed_depth_32": w1(model, specs, args.rows, args.sequential, compile, matmul_flops),
-                     "W2_mixed_depth": w2(model, specs, args.rows, compile)}
-            if name == "bundled":
-                entry["W2_kl_exit"] = w2(model, specs, args.rows, compile, exit="kl:5e-4")
+            entry = {}
+            if "W1" in workloads:
+                entry["W1_fixed_depth_32"] = w1(model, specs, args.rows, args.sequential, compile, matmul_flops)
+            if "W2" in workloads:
+                entry["W2_mixed_depth"] = w2(model, specs, args.rows, compile)
+                if name == "bundled":
+                    entry["W2_kl_exit"] = w2(model, specs, args.rows, compile, exit="kl:5e-4")
             report[f"{name}_{mode}"] = entry
             print(json.dumps({f"{name}_{mode}": entry}), file=sys.stderr, flush=True)
     report["cache"] = cache_figures()

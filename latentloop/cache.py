@@ -268,7 +268,8 @@ class KVCache:
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(new_tokens, device=device)
         to = torch.tensor(targets, device=device)[:, None].expand_as(positions)
         source = torch.tensor(sources, device=device)[:, None].expand_as(positions)
-        for t in self.layer_keys[self.core_begin : self.coda_begin] + self.layer_values[self.core_begin : self.coda_begin]:
+        core = slice(self.core_begin, self.coda_begin)
+        for t in self.layer_keys[core] + self.layer_values[core]:
             t[to, :, positions] = t[source, :, positions]
 
     def rewind(self, row: int, length: int) -> None:

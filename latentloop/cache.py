@@ -78,16 +78,16 @@ class CacheView:
         hidden = column[None, None, :] > positions[:, :, None]  # [B, S, W]: later tokens, unwritten columns
         self.bias = torch.zeros(hidden.shape, dtype=cache.dtype, device=positions.device).masked_fill_(
             hidden, float("-inf")).unsqueeze(1)
-        self.steps: Tensor | None = None  # [B] core rows at each row's own iteration (`at_steps`)
+        self.own_core_rows: Tensor | None = None  # [B]: each row's core rows at its own iteration (`at_steps`)
         self._core_rows: dict[int, Tensor] = {}
 
     def core_rows(self, step: int) -> Tensor:
         """Rows of the core layers' K/V tensors [slots * R, ...] this call uses at iteration `step`."""
-        if self.steps is not None:
-            return self.steps
+        if self.own_core_rows is not None:
+            return self.own_core_rows
         slot = step % self.cache.core_slots
         if slot not in self._core_rows:
-            self._core_rows[slot] = self.rows + slot * self.cache.rows if slot else self.rows
+            self._core_rows[slot] = self.cache.stacked_row(self.rows, slot) if slot else self.rows
         return self._core_rows[slot]
 
     def attend(self, layer: int, step: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -103,17 +103,17 @@ class CacheView:
     def subset(self, index: Tensor, writes: Tensor | None = None) -> CacheView:
         """The view of the batch entries `index` (compaction); `writes` [len(index)] bool: False entries
         write to the scratch column."""
+        own = self.own_core_rows
         view = self._copy(rows=self.rows[index], positions=self.positions[index], bias=self.bias[index],
-                          writes=self.writes[index], steps=None if self.steps is None else self.steps[index])
+                          writes=self.writes[index], own_core_rows=None if own is None else own[index])
         if writes is not None:
             view.writes = torch.where(writes[:, None], view.writes, self.cache.max_length)
         return view
 
     def at_steps(self, steps: list[int]) -> CacheView:
         """This view with row i at core iteration steps[i], whatever the iteration a call names."""
-        slots, rows = self.cache.core_slots, self.cache.rows
-        offsets = torch.tensor([s % slots * rows for s in steps], device=self.rows.device)
-        return self._copy(steps=self.rows + offsets)
+        steps = torch.tensor(steps, device=self.rows.device)
+        return self._copy(own_core_rows=self.cache.stacked_row(self.rows, steps))
 
     def slots(self, first_layer: int, n_layers: int, step: int) -> Slots:
         cache, layers = self.cache, range(first_layer, first_layer + n_layers)
@@ -210,6 +210,11 @@ class KVCache:
     def is_core(self, layer: int) -> bool:
         return self.core_begin <= layer < self.coda_begin
 
+    def stacked_row(self, row: int | Tensor, step: int | Tensor) -> int | Tensor:
+        """Where a core layer's tensor holds `row` (int or Tensor) at iteration `step`: slot s of row r is its
+        row s * rows + r (a ring of `kv_budget` slots: s = step mod k)."""
+        return step % self.core_slots * self.rows + row
+
     def slot(self, layer: int, step: int) -> tuple[Tensor, Tensor]:
         """K and V [R, H, L, D] of global block `layer` at iteration `step` (core layers: a ring)."""
         index = step % self.core_slots if self.is_core(layer) else 0
@@ -260,9 +265,9 @@ class KVCache:
         (row, start, iterations run, slots read) per row. Slot j of row r is row j * rows + r of a layer's
         tensor, so each core layer's K and V are filled by one gather and one scatter."""
         targets, sources, starts = [], [], []
-        for row, start, count, read in short:
-            targets += [j * self.rows + row for j in range(count, read)]
-            sources += [(count - 1) * self.rows + row] * (read - count)
+        for row, start, count, read in short:  # slots count..read-1 (all below core_slots) get slot count-1
+            targets += [self.stacked_row(row, j) for j in range(count, read)]
+            sources += [self.stacked_row(row, count - 1)] * (read - count)
             starts += [start] * (read - count)
         device = self.iterations.device
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(new_tokens, device=device)

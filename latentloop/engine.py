@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -29,6 +30,9 @@ from .cache import CacheView, KVCache
 from .exits import ExitCriterion, Update
 from .model import Context, RecurrentDepthLM
 from .request import Request
+
+if TYPE_CHECKING:
+    from .compiled import CompiledSteps
 
 
 @dataclass
@@ -54,6 +58,11 @@ class Thought:
 
 def _per_row(value, batch: int) -> list:
     return list(value) if isinstance(value, list | tuple) else [value] * batch
+
+
+def _depth(num_steps: int, criterion: ExitCriterion | None) -> int:
+    """The most iterations a token runs: its exit's max_steps where it has one, else num_steps."""
+    return (criterion.max_steps or num_steps) if criterion is not None else num_steps
 
 
 PADDING_SLACK = 0.125  # a prefill forward computes at most this fraction more tokens than its prompts hold
@@ -93,6 +102,11 @@ class Engine:
             self.compiled = compiled_steps(model)
         self.core_rows = 0  # row-iterations the core computed: what compaction saves
 
+    @property
+    def runner(self) -> RecurrentDepthLM | CompiledSteps:
+        """What computes the pieces (`embed`, `core_step`, `recur`, `decode`): the compiled graphs or the model."""
+        return self.compiled if self.compiled is not None else self.model
+
     @torch.inference_mode()
     def forward(
         self, ids: Tensor, num_steps: int | list[int], rows: list[int] | None = None,
@@ -110,12 +124,11 @@ class Engine:
         batch, length = ids.shape
         rows = list(range(batch)) if rows is None else rows
         criteria = _per_row(exit, batch)
-        depths = [(c.max_steps or n) if c is not None else n
-                  for c, n in zip(criteria, _per_row(num_steps, batch), strict=True)]
+        depths = [_depth(n, c) for c, n in zip(criteria, _per_row(num_steps, batch), strict=True)]
         counts = lengths or [length] * batch
         view = cache.view(rows, counts)
         ids = ids.to(model.device)
-        run = self.compiled if self.compiled is not None else model
+        run = self.runner
         ctx = model.context(length, position_ids=view.positions, cache=view)
         e = run.embed(ids, ctx)
         if embedding_mix is not None:
@@ -151,8 +164,7 @@ class Engine:
         if all(c is None for c in criteria) and len(set(depths)) == 1:
             self.core_rows += batch * depths[0]
             return run.recur(x, e, ctx, depths[0]), depths
-        vocab = self.model.config.vocab_size
-        updates = [c.begin(x[i : i + 1], vocab) if c is not None else None for i, c in enumerate(criteria)]
+        updates = self._begin_exits(x, criteria)
         iterations, done = list(depths), [False] * batch
         for step in range(max(depths)):
             active = [i for i in range(batch) if not done[i]]
@@ -164,6 +176,11 @@ class Engine:
             for i in active:
                 done[i] = done[i] or step + 1 >= depths[i]
         return x, iterations
+
+    def _begin_exits(self, x: Tensor, criteria: list[ExitCriterion | None]) -> list[Update | None]:
+        """Each row's exit comparison, starting from its state in x [B, 1, h]."""
+        vocab = self.model.config.vocab_size
+        return [c.begin(x[i : i + 1], vocab) if c is not None else None for i, c in enumerate(criteria)]
 
     def _converged(self, run, x: Tensor, ctx: Context, rows: list[int], criteria: list[ExitCriterion | None],
                    updates: list[Update | None], steps: list[int]) -> tuple[list[int], dict[int, Tensor]]:
@@ -187,21 +204,18 @@ class Engine:
               ) -> list[Thought]:
         """Start pondering one new token per row of `view` (ids [B, 1]): the prelude writes its K/V at the
         row's next position, and each row starts from its given state or its own noise."""
-        run = self.compiled if self.compiled is not None else self.model
         ctx = self.model.context(1, position_ids=view.positions, cache=view)
-        e = run.embed(ids.to(self.model.device), ctx)
+        e = self.runner.embed(ids.to(self.model.device), ctx)
         x = self._initial_state(e, state, init_scale, generators, [1] * len(ids))
-        vocab = self.model.config.vocab_size
-        return [Thought(e[i : i + 1], x[i : i + 1], (c.max_steps or n) if c is not None else n, c,
-                        c.begin(x[i : i + 1], vocab) if c is not None else None)
-                for i, (n, c) in enumerate(zip(num_steps, exit, strict=True))]
+        return [Thought(e[i : i + 1], x[i : i + 1], _depth(n, c), c, update)
+                for i, (n, c, update) in enumerate(zip(num_steps, exit, self._begin_exits(x, exit), strict=True))]
 
     @torch.inference_mode()
     def ponder(self, view: CacheView, thoughts: list[Thought]) -> tuple[list[int], Forward]:
         """Core iterations of the rows of `view`, each at its own iteration, until at least one of them is
         done (its depth, or its exit criterion); those go through the coda and are committed. Returns
         their indices and their `Forward`; the other thoughts carry their state to the next call."""
-        run = self.compiled if self.compiled is not None else self.model
+        run = self.runner
         ctx = self.model.context(1, position_ids=view.positions, cache=view)
         x, e = torch.cat([t.x for t in thoughts]), torch.cat([t.e for t in thoughts])
         criteria, updates = [t.criterion for t in thoughts], [t.update for t in thoughts]

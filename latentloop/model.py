@@ -47,14 +47,24 @@ def rope_table(head_dim: int, length: int, base: float, device: torch.device | N
     return torch.stack([cos, sin], dim=-1)
 
 
-def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
+def apply_rope(x: Tensor, rope: Tensor, pair_swap: Tensor | None = None) -> Tensor:
     """Rotate interleaved feature pairs (2i, 2i+1) of x [..., H, D] by rope [..., D, 2] (rows of `rope_table`),
     in float32: x * cos + x_with_each_pair_swapped * sin, the rotation's own products and sums, in 8 ops
-    (eager decoding is op-bound)."""
+    (eager decoding is op-bound). Compiled on CPU, the swap is a product with `pair_swap` (exact: one 1 per
+    column): inductor computes that once, where it inlines a flip's index arithmetic into every reader, and
+    the one-token attention's loop over the cache then rotated q again at every column, unvectorized."""
     xf = x.float()
     cos, sin = rope.unsqueeze(-3).unbind(-1)
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    if pair_swap is not None and torch.compiler.is_compiling() and x.device.type == "cpu":
+        swapped = xf @ pair_swap.float()
+    else:
+        swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return (xf * cos + swapped * sin).type_as(x)
+
+
+def pair_swap_matrix(d: int) -> Tensor:
+    """[d, d]: x @ it swaps features 2i and 2i+1 of x."""
+    return torch.eye(d, device="cpu").view(d, d // 2, 2).flip(-1).reshape(d, d)
 
 
 class KVStore(Protocol):
@@ -79,6 +89,8 @@ class Attention(nn.Module):
         self.Wqkv = nn.Linear(h, 3 * h, bias=False)
         self.qk_bias = nn.Parameter(torch.zeros(2, 1, self.n_heads, self.head_dim)) if config.qk_bias else None
         self.proj = nn.Linear(h, h, bias=False)
+        # not saved; on CPU even under a meta-device build (a checkpoint load does not fill it)
+        self.register_buffer("pair_swap", pair_swap_matrix(self.head_dim), persistent=False)
 
     def forward(self, x: Tensor, ctx: Context, layer: int, step: int) -> Tensor:
         B, S, h = x.shape
@@ -86,7 +98,7 @@ class Attention(nn.Module):
         qk, v = qkv[:, :, :2], qkv[:, :, 2]
         if self.qk_bias is not None:
             qk = qk + self.qk_bias.view(2, self.n_heads, self.head_dim)
-        q, k = apply_rope(qk, ctx.rope.unsqueeze(2)).unbind(2)  # q and k rotated in one go: eager is op-bound
+        q, k = apply_rope(qk, ctx.rope.unsqueeze(2), self.pair_swap).unbind(2)  # q and k in one go (op-bound eager)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if ctx.cache is not None:
             y = ctx.cache.attend(layer, step, q, k, v)

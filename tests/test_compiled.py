@@ -92,6 +92,34 @@ def test_row_group_matvec_equals_the_matrix_product():
     assert _matvec_in_row_groups(row, weight[:-1].t()) is NotImplemented  # rows not divisible into groups
 
 
+def test_compiled_rotation_multiplies_by_the_swap_and_stays_exact():
+    """Compiled on CPU the rotation's pair swap is a product with a swap matrix (frozen in, as the engine's
+    graphs freeze it): the rotated values must equal eager's bit for bit, and the flip must be gone."""
+    from latentloop.model import apply_rope, pair_swap_matrix
+
+    class Rotate(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("pair_swap", pair_swap_matrix(64))
+
+        def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+            return apply_rope(x, rope, self.pair_swap)
+
+    generator = torch.Generator().manual_seed(0)
+    x, rope = torch.randn(3, 5, 2, 4, 64, generator=generator) * 1e3, torch.randn(3, 5, 1, 64, 2, generator=generator)
+    graphs = []
+
+    def keep(graph, inputs):
+        graphs.append(graph)
+        return compiled._frozen_backend(graph, inputs)
+
+    with torch.inference_mode(), torch._inductor.config.patch(freezing=True):
+        rotated = torch.compile(Rotate(), backend=keep, fullgraph=True)(x, rope)
+    assert torch.equal(rotated, apply_rope(x, rope))
+    ops = {str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"}
+    assert any("matmul" in op for op in ops) and not any("flip" in op for op in ops)
+
+
 @BOTH_WAYS
 def test_compiled_models_of_one_shape_use_each_models_current_weights(models, unfrozen, conformance_cases, frozen,
                                                                       monkeypatch):

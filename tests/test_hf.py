@@ -53,6 +53,16 @@ def test_logits_match_the_reference(hf_model, conformance_cases, steps):
     torch.testing.assert_close(no_cache.logits, out.logits, **TOL)
 
 
+def test_loaded_models_hold_the_pair_swap_no_checkpoint_stores(hf_model):
+    """The rotation's swap matrix (compiled CPU graphs multiply by it) is a buffer outside the checkpoint:
+    from_pretrained must build it, not leave it empty."""
+    from latentloop.model import pair_swap_matrix
+
+    swaps = [b for name, b in hf_model.named_buffers() if name.endswith("pair_swap")]
+    assert swaps and all(torch.equal(b, pair_swap_matrix(b.shape[0])) for b in swaps)
+    assert not any(key.endswith("pair_swap") for key in hf_model.state_dict())
+
+
 def test_explicit_initial_state_matches_the_reference(hf_model, conformance_cases):
     out = hf_model(conformance_cases["input_ids"], num_steps=4, initial_state=conformance_cases["input_states"])
     torch.testing.assert_close(out.logits, conformance_cases["logits_states_r4"], **TOL)

@@ -20,7 +20,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..model import Attention, NumSteps, RecurrentDepthLM, RMSNorm
+from ..model import Attention, NumSteps, RecurrentDepthLM, RMSNorm, pair_swap_matrix
 from .cache import RecurrentCache
 from .config import HuginnConfig
 
@@ -100,8 +100,10 @@ class RavenForCausalLM(PreTrainedModel, GenerationMixin):
         std = mc.init_std
         if isinstance(module, RMSNorm):
             init.ones_(module.weight)
-        elif isinstance(module, Attention) and module.qk_bias is not None:
-            init.zeros_(module.qk_bias)
+        elif isinstance(module, Attention):
+            init.copy_(module.pair_swap, pair_swap_matrix(module.head_dim))  # a buffer no checkpoint holds
+            if module.qk_bias is not None:
+                init.zeros_(module.qk_bias)
         elif isinstance(module, nn.Linear | nn.Embedding):
             if id(module) in self._out_projections:
                 std = std / (2 * mc.effective_depth(mc.mean_recurrence)) ** 0.5

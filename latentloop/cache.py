@@ -150,7 +150,7 @@ class KVCache:
         self.values = [list(t.unflatten(0, (n, rows)).unbind(0)) for t, n in zip(self.layer_values, slots, strict=True)]
         self.lengths = [0] * rows  # positions holding committed tokens, per row
         self.depths = [num_steps] * rows  # the most iterations a token of the row may run (see `allocate`)
-        self.iterations = torch.zeros(rows, max_length, dtype=torch.int32, device=device)
+        self.max_length, self.device = max_length, self.layer_keys[0].device
         self._free = list(range(rows - 1, -1, -1))  # popped from the end: row 0 first
 
     @classmethod
@@ -171,10 +171,6 @@ class KVCache:
     @property
     def rows(self) -> int:
         return len(self.lengths)
-
-    @property
-    def max_length(self) -> int:
-        return self.iterations.shape[1]
 
     @property
     def free_rows(self) -> int:
@@ -228,7 +224,7 @@ class KVCache:
         ends = [self.lengths[r] + n for r, n in zip(rows, counts, strict=True)]
         if max(ends) > self.max_length:
             raise ValueError(f"a KV cache row holds {self.max_length} positions; {max(ends)} requested")
-        device = self.iterations.device
+        device = self.device
         starts = torch.tensor([self.lengths[r] for r in rows], device=device)
         columns = torch.arange(max(counts), device=device)
         real = columns < torch.tensor(counts, device=device)[:, None]
@@ -251,7 +247,6 @@ class KVCache:
         short: dict[int, list[tuple[int, int, int, int]]] = {}  # by tokens written
         for row, n, count in zip(rows, counts, iterations, strict=True):
             start = self.lengths[row]
-            self.iterations[row, start : start + n] = count
             read = min(self.core_slots, self.depths[row])  # the slots a later token of the row may read
             if count < read:
                 short.setdefault(n, []).append((row, start, count, read))
@@ -264,12 +259,12 @@ class KVCache:
         """Slots a row never wrote (it exited early) but may read get that row's last computed iteration:
         (row, start, iterations run, slots read) per row. Slot j of row r is row j * rows + r of a layer's
         tensor, so each core layer's K and V are filled by one gather and one scatter."""
-        targets, sources, starts = [], [], []
+        targets, sources, starts, rows = [], [], [], self.rows
         for row, start, count, read in short:  # slots count..read-1 (all below core_slots) get slot count-1
-            targets += [self.stacked_row(row, j) for j in range(count, read)]
+            targets += range(self.stacked_row(row, count), self.stacked_row(row, read - 1) + 1, rows)
             sources += [self.stacked_row(row, count - 1)] * (read - count)
             starts += [start] * (read - count)
-        device = self.iterations.device
+        device = self.device
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(new_tokens, device=device)
         to = torch.tensor(targets, device=device)[:, None].expand_as(positions)
         source = torch.tensor(sources, device=device)[:, None].expand_as(positions)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .cache import CacheView, KVCache
-from .exits import ExitCriterion, Update
+from .exits import ExitCriterion, State, Watch, start_states
 from .model import Context, RecurrentDepthLM
 from .request import Request
 
@@ -52,7 +52,7 @@ class Thought:
     x: Tensor  # [1, 1, h]
     depth: int  # the most iterations it runs
     criterion: ExitCriterion | None
-    update: Update | None
+    comparison: State | None
     steps: int = 0
 
 
@@ -164,39 +164,42 @@ class Engine:
         if all(c is None for c in criteria) and len(set(depths)) == 1:
             self.core_rows += batch * depths[0]
             return run.recur(x, e, ctx, depths[0]), depths
-        updates = self._begin_exits(x, criteria)
+        watching = [i for i in range(batch) if criteria[i] is not None]  # the watch's rows, in order
+        watch = self._watch(criteria, watching, start_states(criteria, x, self.model.config.vocab_size))
         iterations, done = list(depths), [False] * batch
         for step in range(max(depths)):
             active = [i for i in range(batch) if not done[i]]
             if not active:
                 break
             x = self._core_step(run, x, e, ctx, step, active)
-            for i in self._converged(run, x, ctx, active, criteria, updates, [step + 1] * batch)[0]:
+            if watch is not None and len(live := [i for i in watching if not done[i]]) < len(watching):
+                watch.keep([n for n, i in enumerate(watching) if not done[i]])
+                watching = live
+            for i in self._converged(run, x, ctx, watch, watching, criteria, [step + 1] * batch)[0]:
                 done[i], iterations[i] = True, step + 1
             for i in active:
                 done[i] = done[i] or step + 1 >= depths[i]
         return x, iterations
 
-    def _begin_exits(self, x: Tensor, criteria: list[ExitCriterion | None]) -> list[Update | None]:
-        """Each row's exit comparison, starting from its state in x [B, 1, h]."""
-        vocab = self.model.config.vocab_size
-        return [c.begin(x[i : i + 1], vocab) if c is not None else None for i, c in enumerate(criteria)]
+    def _watch(self, criteria: list[ExitCriterion | None], rows: list[int], states: list[State | None],
+               ) -> Watch | None:
+        """The exit comparisons of the batch entries `rows` (those with a criterion), None without any."""
+        if not rows:
+            return None
+        return Watch([criteria[i] for i in rows], [states[i] for i in rows], self.model.config.vocab_size)
 
-    def _converged(self, run, x: Tensor, ctx: Context, rows: list[int], criteria: list[ExitCriterion | None],
-                   updates: list[Update | None], steps: list[int]) -> tuple[list[int], dict[int, Tensor]]:
-        """After an iteration: the entries of `rows` whose exit criterion fires, `steps[i]` iterations in
-        (not before its min_steps), and the logits [1, 1, V] it decoded for each entry, by entry; every
-        watched row's comparison moves on."""
-        watched = [i for i in rows if updates[i] is not None]
-        if not watched:
-            return [], {}
-        logits = None
-        if any(criteria[i].needs_logits for i in watched):
-            index, sub = self._select(ctx, watched, x.shape[0])
-            logits = run.decode(x if index is None else x[index], sub)[1]
-        decoded = {} if logits is None else {i: logits[n : n + 1] for n, i in enumerate(watched)}
-        return [i for i in watched if bool(updates[i](x[i : i + 1], decoded.get(i)))
-                and steps[i] >= criteria[i].min_steps], decoded
+    def _converged(self, run, x: Tensor, ctx: Context, watch: Watch | None, rows: list[int],
+                   criteria: list[ExitCriterion | None], steps: list[int]) -> tuple[list[int], Tensor | None]:
+        """After an iteration: the entries of `rows` (the watch's, in order) whose exit criterion fires,
+        `steps[i]` iterations in (not before its min_steps), and the logits [len(rows), 1, V] decoded for
+        them (None when no criterion needs logits); every watched row's comparison moves on."""
+        if watch is None or not rows:
+            return [], None
+        index, sub = self._select(ctx, rows, x.shape[0])
+        watched = x if index is None else x[index]
+        logits = run.decode(watched, sub)[1] if any(criteria[i].needs_logits for i in rows) else None
+        flags = watch.observe(watched, logits)
+        return [i for i, flag in zip(rows, flags, strict=True) if flag and steps[i] >= criteria[i].min_steps], logits
 
     @torch.inference_mode()
     def begin(self, ids: Tensor, view: CacheView, num_steps: list[int], exit: list[ExitCriterion | None],
@@ -207,8 +210,9 @@ class Engine:
         ctx = self.model.context(1, position_ids=view.positions, cache=view)
         e = self.runner.embed(ids.to(self.model.device), ctx)
         x = self._initial_state(e, state, init_scale, generators, [1] * len(ids))
-        return [Thought(e[i : i + 1], x[i : i + 1], _depth(n, c), c, update)
-                for i, (n, c, update) in enumerate(zip(num_steps, exit, self._begin_exits(x, exit), strict=True))]
+        comparisons = start_states(exit, x, self.model.config.vocab_size)
+        return [Thought(e[i : i + 1], x[i : i + 1], _depth(n, c), c, comparison)
+                for i, (n, c, comparison) in enumerate(zip(num_steps, exit, comparisons, strict=True))]
 
     @torch.inference_mode()
     def ponder(self, view: CacheView, thoughts: list[Thought]) -> tuple[list[int], Forward]:
@@ -218,8 +222,9 @@ class Engine:
         run = self.runner
         ctx = self.model.context(1, position_ids=view.positions, cache=view)
         x, e = torch.cat([t.x for t in thoughts]), torch.cat([t.e for t in thoughts])
-        criteria, updates = [t.criterion for t in thoughts], [t.update for t in thoughts]
-        rows = list(range(len(thoughts)))
+        criteria = [t.criterion for t in thoughts]
+        watching = [i for i, c in enumerate(criteria) if c is not None]
+        watch = self._watch(criteria, watching, [t.comparison for t in thoughts])
         done: list[int] = []
         while not done:
             at = Context(rope=ctx.rope, cache=view.at_steps([t.steps for t in thoughts]))
@@ -227,11 +232,17 @@ class Engine:
             self.core_rows += len(thoughts)
             for t in thoughts:
                 t.steps += 1
-            converged, decoded = self._converged(run, x, at, rows, criteria, updates, [t.steps for t in thoughts])
-            done = [i for i in rows if i in converged or thoughts[i].steps >= thoughts[i].depth]
+            converged, logits = self._converged(run, x, at, watch, watching, criteria, [t.steps for t in thoughts])
+            converged = set(converged)
+            done = [i for i, t in enumerate(thoughts) if i in converged or t.steps >= t.depth]
         for i, t in enumerate(thoughts):
             t.x = x[i : i + 1]
-        need = [i for i in done if i not in decoded]  # an exit's logits are those of the iteration it ends at
+        if watch is not None:
+            for i, comparison in zip(watching, watch.states(), strict=True):
+                thoughts[i].comparison = comparison
+        # an exit's logits are those of the iteration it ends at
+        decoded = {} if logits is None else {i: logits[n : n + 1] for n, i in enumerate(watching) if i in done}
+        need = [i for i in done if i not in decoded]
         if need:
             index, sub = self._select(ctx, need, len(thoughts))
             decoded |= dict(zip(need, run.decode(x if index is None else x[index], sub)[1].split(1), strict=True))

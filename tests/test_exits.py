@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentloop import RecurrentDepthLM, get_preset
-from latentloop.exits import KL, ArgmaxStability, Entropy, LatentDiff, parse_exit
+from latentloop.exits import KL, ArgmaxStability, Entropy, LatentDiff, Watch, parse_exit, start_states
 from latentloop.generate import generate
 
 PROMPT = [[3, 1, 4, 1, 5, 9, 2, 6]]
@@ -66,6 +66,58 @@ def test_exit_iteration_matches_the_rule(converging, spec):
     vocab = converging.config.vocab_size
     expected = next(d for d in range(2, 33) if rule_holds(spec, outputs, d, vocab, criterion.threshold))
     assert result.iterations[0][0] == expected
+
+
+def settling(rows: int, steps: int, vocab: int = 11, hidden: int = 8) -> tuple[list, list]:
+    """States [rows, 1, h] and logits [rows, 1, V] over `steps` iterations whose changes shrink by half each
+    time (row r at its own pace), so that every criterion fires at some iteration of some rows."""
+    generator = torch.Generator().manual_seed(0)
+    x, logits = torch.randn(rows, 1, hidden, generator=generator), torch.randn(rows, 1, vocab, generator=generator)
+    pace = torch.linspace(0.3, 0.7, rows)[:, None, None]
+    xs, ls = [], []
+    for t in range(steps):
+        x = x + pace**t * torch.randn(rows, 1, hidden, generator=generator)
+        logits = logits + 3 * pace**t * torch.randn(rows, 1, vocab, generator=generator)
+        xs.append(x)
+        ls.append(logits)
+    return xs, ls
+
+
+def test_a_watch_over_mixed_rows_gives_each_row_its_own_verdicts():
+    """Rows of four criteria and several thresholds, starting at different iterations and leaving early,
+    compared by one Watch, converge exactly when each row compared alone does."""
+    specs = ["kl:1e-2", "entropy:1e-2", "latent-diff:0.05", "argmax-stability:2", "kl:1e-3", "kl:5e-2"]
+    criteria = [parse_exit(s) for s in specs]
+    rows, steps, vocab, late = len(specs), 12, 11, 3  # rows 3.. start `late` iterations after rows 0..2
+    xs, ls = settling(rows, steps, vocab)  # row i's k-th iteration: xs[k][i], ls[k][i]
+    x0 = torch.zeros(rows, 1, 8)
+
+    alone = []
+    for i, c in enumerate(criteria):
+        watch = Watch([c], start_states([c], x0[i : i + 1], vocab), vocab)
+        alone.append([watch.observe(xs[k][i : i + 1], ls[k][i : i + 1])[0] for k in range(steps)])
+
+    together: list[list[bool]] = [[] for _ in range(rows)]
+    first = Watch(criteria[:3], start_states(criteria[:3], x0[:3], vocab), vocab)
+    for k in range(late):
+        for i, flag in enumerate(first.observe(xs[k][:3], ls[k][:3])):
+            together[i].append(flag)
+    states = first.states() + start_states(criteria[3:], x0[3:], vocab)  # rows join: states carried over
+    watch, members = Watch(criteria, states, vocab), list(range(rows))
+    for n in range(steps - late):
+        if n == 4:  # rows 1 and 4 are done: the others go on without them
+            members = [0, 2, 3, 5]
+            watch.keep([0, 2, 3, 5])
+        k = [late + n if i < 3 else n for i in members]  # each row at its own iteration
+        flags = watch.observe(torch.stack([xs[j][i] for i, j in zip(members, k, strict=True)]),
+                              torch.stack([ls[j][i] for i, j in zip(members, k, strict=True)]))
+        for i, flag in zip(members, flags, strict=True):
+            together[i].append(flag)
+    for i in range(rows):
+        assert together[i] == alone[i][: len(together[i])], (specs[i], together[i], alone[i])
+    assert len(together[0]) == steps and len(together[4]) == 4
+    # none converges at its first iteration; each converges later, but the one that left after 4
+    assert not any(flags[0] for flags in together) and [any(flags) for flags in together] == [True] * 4 + [False, True]
 
 
 def test_parse_exit_specs_and_errors():

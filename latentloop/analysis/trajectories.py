@@ -59,13 +59,15 @@ def collect_trajectories(
     outputs = model.forward_depths(ids, range(1, num_steps + 1), init_scale=init_scale, generator=generator)
 
     seq = ids.shape[1]
-    criterion = KL(exit_threshold)  # the decode loop's own exit rule, one row per token
-    update = criterion.begin(torch.zeros(seq, 1, 1, device=model.device), model.config.vocab_size)
+    vocab = model.config.vocab_size  # the decode loop's own exit rule, one row per token
+    comparison = KL.start(torch.zeros(seq, 1, 1, device=model.device), vocab)
+    threshold = torch.full((seq,), exit_threshold, device=model.device)
     exit_steps = torch.full((seq,), num_steps, dtype=torch.long)
     latents, tops, correlations = [], [], []
     for step in range(1, num_steps + 1):
         out = outputs[step]
-        converged = update(out.state[0, :, None], out.logits[0, :, None]).cpu()
+        converged, comparison = KL.compare(comparison, out.state[0, :, None], out.logits[0, :, None], threshold, vocab)
+        converged = converged.cpu()
         exit_steps = torch.where(converged & (exit_steps == num_steps), step, exit_steps)
         latents.append(out.latent[0].float().cpu())
         tops.append(out.logits[0].argmax(-1).cpu())

@@ -11,7 +11,8 @@ bundled model (float32).
 - W2, mixed depth: num_steps drawn from {4, 8, 16, 32, 64} per request, and separately exit=kl:5e-4
   on the bundled model; the same engine with compaction on (rows ponder at their own iterations, each
   step ends when a row is done) vs off (a token per row and step, every row to the deepest), ratio,
-  mean iterations per token, and where the time went (prompts, decode steps).
+  mean iterations per token, and where the time went (prompts, decode steps); with `--count-ops`, the
+  ATen ops each arm dispatches per generated token, eager (a count the machine's load does not move).
 - Cache bytes per token, and the rows a 4 GB budget holds for huginn-0125's shapes.
 
     python benchmarks/batching.py                 # eager; 64 requests (~20 minutes on 2 cores)
@@ -29,7 +30,7 @@ import sys
 import time
 
 import torch
-from decode import machine_bounds, model_config
+from decode import OpCounter, machine_bounds, model_config
 
 from latentloop import RecurrentDepthLM, get_preset, load_model
 from latentloop.accounting import flops_per_token
@@ -106,7 +107,14 @@ def w1(model, specs: list[dict], rows: int, sequential: int, compile: bool, matm
             "same_tokens_as_sequential": same, "warmup_seconds": round(compile_seconds, 1)}
 
 
-def w2(model, specs: list[dict], rows: int, compile: bool, exit: str | None = None) -> dict:
+def ops_per_token(model, specs: list[dict], rows: int, compaction: bool) -> float:
+    """ATen ops the eager engine dispatches per generated token over the whole workload, prompts included."""
+    with OpCounter() as counter:
+        tokens = run_engine(model, specs, rows, False, compaction)["tokens"]
+    return counter.calls / tokens
+
+
+def w2(model, specs: list[dict], rows: int, compile: bool, exit: str | None = None, count_ops: bool = False) -> dict:
     from latentloop.exits import parse_exit
 
     rng = random.Random(1)
@@ -116,7 +124,9 @@ def w2(model, specs: list[dict], rows: int, compile: bool, exit: str | None = No
         mixed = [dict(s, num_steps=32, exit=parse_exit(exit)) for s in specs]
     runs = {on: run_engine(model, mixed, rows, compile, compaction=on) for on in (True, False)}
     on, off = runs[True], runs[False]
-    return {"workload": f"exit={exit}" if exit else f"num_steps from {list(DEPTHS)}",
+    counted = [round(ops_per_token(model, mixed, rows, c), 1) for c in (True, False)] if count_ops else None
+    return ({"eager_ops_per_token": counted} if count_ops else {}) | {
+            "workload": f"exit={exit}" if exit else f"num_steps from {list(DEPTHS)}",
             "compaction_tokens_per_s": round(on["tokens_per_s"], 2),
             "no_compaction_tokens_per_s": round(off["tokens_per_s"], 2),
             "ratio": round(on["tokens_per_s"] / off["tokens_per_s"], 2),
@@ -148,6 +158,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 requests, 32 new tokens, 4 sequential")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workloads", default="W1,W2", help="which to run, comma-separated (default W1,W2)")
+    parser.add_argument("--count-ops", action="store_true", help="W2: also count the ATen ops per token (eager)")
     args = parser.parse_args()
     workloads = set(args.workloads.upper().split(","))
     if not workloads or not workloads <= {"W1", "W2"}:
@@ -171,9 +182,9 @@ def main() -> None:
             if "W1" in workloads:
                 entry["W1_fixed_depth_32"] = w1(model, specs, args.rows, args.sequential, compile, matmul_flops)
             if "W2" in workloads:
-                entry["W2_mixed_depth"] = w2(model, specs, args.rows, compile)
+                entry["W2_mixed_depth"] = w2(model, specs, args.rows, compile, count_ops=args.count_ops)
                 if name == "bundled":
-                    entry["W2_kl_exit"] = w2(model, specs, args.rows, compile, exit="kl:5e-4")
+                    entry["W2_kl_exit"] = w2(model, specs, args.rows, compile, "kl:5e-4", args.count_ops)
             report[f"{name}_{mode}"] = entry
             print(json.dumps({f"{name}_{mode}": entry}), file=sys.stderr, flush=True)
     report["cache"] = cache_figures()

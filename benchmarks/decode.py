@@ -29,6 +29,7 @@ import sys
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from latentloop import ModelConfig, RecurrentDepthLM
 from latentloop.cache import KVCache
@@ -125,23 +126,24 @@ def run_case(model, prompt, num_steps: int, new_tokens: int, repeat: int = 1, bo
     return row | {"_tokens": result.tokens}
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside it: what a decode bound by per-op overhead pays for, and a
+    count that, unlike a rate, the machine's load does not move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
 def ops_per_token(model, prompt, num_steps: int, tokens: int = 8) -> float:
-    """ATen ops that eager decoding dispatches per new token (the prompt's forward left out): what a decode
-    bound by per-op overhead pays for, and a count that, unlike a rate, the machine's load does not move."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.calls += 1
-            return func(*args, **(kwargs or {}))
-
+    """ATen ops that eager decoding dispatches per new token (the prompt's forward left out)."""
     calls = []
     for new_tokens in (1, 1 + tokens):
-        with Counter() as counter:
+        with OpCounter() as counter:
             generate(model, prompt, num_steps=num_steps, init_scale=0.0, max_new_tokens=new_tokens, stop_ids=[])
         calls.append(counter.calls)
     return (calls[1] - calls[0]) / tokens

@@ -83,15 +83,13 @@ def warm_up(model, specs: list[dict], rows: int, compile: bool) -> float:
     """Compile (or just touch) every graph the engine will meet: a short run of the workload's shape, its
     rows at depths 1..rows so that compaction meets every number of rows still thinking (a batch of 1,
     the first size and the graph dynamic in the batch size), half of them watched by an exit that never
-    fires (the decode at each of those sizes too); one request at a time, a prompt of 8 tokens and the
-    longest one (narrow prompts run a graph of their own, wide ones eagerly: `compiled.EAGER_TOKENS`)."""
+    fires (the decode at each of those sizes too)."""
     started = time.perf_counter()
     short = [dict(s, max_new_tokens=2, num_steps=1 + i % rows, exit="kl:1e-30" if i % 2 else None)
              for i, s in enumerate(specs[: rows + 1])]
     for compaction in (True, False):
         run_engine(model, short, rows, compile, compaction)
-    longest = max(specs, key=lambda s: len(s["prompt"]))["prompt"]
-    run_sequential(model, [dict(short[0], prompt=prompt) for prompt in (longest[:8], longest)], compile)
+    run_sequential(model, short[:1], compile)
     return time.perf_counter() - started
 
 

@@ -124,8 +124,9 @@ def w2(model, specs: list[dict], rows: int, compile: bool, exit: str | None = No
         mixed = [dict(s, num_steps=32, exit=parse_exit(exit)) for s in specs]
     runs = {on: run_engine(model, mixed, rows, compile, compaction=on) for on in (True, False)}
     on, off = runs[True], runs[False]
-    counted = [round(ops_per_token(model, mixed, rows, c), 1) for c in (True, False)] if count_ops else None
-    return ({"eager_ops_per_token": counted} if count_ops else {}) | {
+    ops = {"eager_ops_per_token": [round(ops_per_token(model, mixed, rows, c), 1) for c in (True, False)]
+           } if count_ops else {}
+    return ops | {
             "workload": f"exit={exit}" if exit else f"num_steps from {list(DEPTHS)}",
             "compaction_tokens_per_s": round(on["tokens_per_s"], 2),
             "no_compaction_tokens_per_s": round(off["tokens_per_s"], 2),

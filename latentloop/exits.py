@@ -126,13 +126,21 @@ def start_states(criteria: list[ExitCriterion | None], x0: Tensor, vocab_size: i
     """Each row's comparison before its first iteration (None for a row without a criterion): one `start`
     per kind of criterion for all its rows, x0 [B, 1, h] their initial states."""
     states: list[State | None] = [None] * len(criteria)
-    for kind in dict.fromkeys(type(c) for c in criteria if c is not None):
-        members = [i for i, c in enumerate(criteria) if type(c) is kind]
+    for kind, members in _by_kind(criteria).items():
         index = torch.tensor(members, device=x0.device)
         state = kind.start(x0.index_select(0, index), vocab_size)
         for n, i in enumerate(members):
             states[i] = tuple(t[n : n + 1] for t in state)
     return states
+
+
+def _by_kind(criteria: list[ExitCriterion | None]) -> dict[type[ExitCriterion], list[int]]:
+    """The positions of the rows of each kind of criterion, kinds in order of first appearance."""
+    kinds: dict[type[ExitCriterion], list[int]] = {}
+    for i, c in enumerate(criteria):
+        if c is not None:
+            kinds.setdefault(type(c), []).append(i)
+    return kinds
 
 
 def _rows(t: Tensor | None, index: Tensor | None) -> Tensor | None:
@@ -150,8 +158,7 @@ class Watch:
     def __init__(self, criteria: list[ExitCriterion], states: list[State], vocab_size: int) -> None:
         self.vocab_size, self.size = vocab_size, len(criteria)
         self.kinds: dict[type[ExitCriterion], tuple[list[int], Tensor, State]] = {}  # members, thresholds
-        for kind in dict.fromkeys(type(c) for c in criteria):
-            members = [i for i, c in enumerate(criteria) if type(c) is kind]
+        for kind, members in _by_kind(criteria).items():
             device = states[members[0]][0].device
             thresholds = torch.tensor([criteria[i].threshold for i in members], dtype=torch.float32, device=device)
             stacked = tuple(torch.cat(parts) for parts in zip(*(states[i] for i in members), strict=True))
@@ -172,7 +179,7 @@ class Watch:
             verdicts[i] = flag
         return verdicts
 
-    def keep(self, positions: list[int]) -> Watch:
+    def keep(self, positions: list[int]) -> None:
         """Only the rows at `positions` (in order) are watched from now on."""
         where = {p: n for n, p in enumerate(positions)}
         for kind, (members, thresholds, state) in list(self.kinds.items()):
@@ -185,7 +192,6 @@ class Watch:
                 thresholds, state = thresholds[index], tuple(t[index] for t in state)
             self.kinds[kind] = ([where[members[n]] for n in kept], thresholds, state)
         self.size = len(positions)
-        return self
 
     def states(self) -> list[State]:
         """Each row's state, to carry it to a later `Watch` (a row pondering across decode steps)."""

@@ -7,7 +7,10 @@ bundled model (float32).
 - W1, fixed depth 32: `generate` one request at a time (on the first `--sequential` requests of the
   workload: a rate per token, so a prefix measures it) vs the engine with 16 rows running all of
   them; aggregate tokens/s and their ratio, and the engine's FLOP/s as a fraction of the matmul
-  throughput measured in the same run.
+  throughput measured in the same run. `projections_batching_bound`: rows x the time of one row's
+  core-iteration projections over the time of all rows' (eager, measured in the same run): on a CPU
+  whose caches hold the weights, one row's products run nearly as fast per FLOP as a batch's, and
+  this is what sharing them can gain.
 - W2, mixed depth: num_steps drawn from {4, 8, 16, 32, 64} per request, and separately exit=kl:5e-4
   on the bundled model; the same engine with compaction on (rows ponder at their own iterations, each
   step ends when a row is done) vs off (a token per row and step, every row to the deepest), ratio,
@@ -30,7 +33,7 @@ import sys
 import time
 
 import torch
-from decode import OpCounter, machine_bounds, model_config
+from decode import OpCounter, machine_bounds, model_config, projection_batching_bound
 
 from latentloop import RecurrentDepthLM, get_preset, load_model
 from latentloop.accounting import flops_per_token
@@ -104,6 +107,7 @@ def w1(model, specs: list[dict], rows: int, sequential: int, compile: bool, matm
             "engine_tokens_per_s": round(batched["tokens_per_s"], 2), "engine_rows": rows,
             "ratio": round(batched["tokens_per_s"] / alone["tokens_per_s"], 2),
             "engine_fraction_of_matmul_throughput": round(flops / matmul_flops, 4),
+            "projections_batching_bound": projection_batching_bound(model, rows),
             "same_tokens_as_sequential": same, "warmup_seconds": round(compile_seconds, 1)}
 
 

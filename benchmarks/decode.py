@@ -66,6 +66,26 @@ def machine_bounds(dtype: torch.dtype, matmul: bool = True) -> dict:
     return bounds
 
 
+def projection_batching_bound(model: RecurrentDepthLM, rows: int, repeat: int = 400) -> dict:
+    """What sharing one core iteration's projections (adapter and core blocks) among `rows` rows can gain,
+    measured now: `rows` times the time of one row's products over the time of the rows' together. Weights
+    that fit in a core's cache make one row's matrix-vector products nearly as fast per FLOP as a batch's,
+    so where the projections are most of a token's time, batching rows gains about this much there."""
+    core = [model.transformer.adapter, *model.transformer.core_block]
+    layers = [m for part in core for m in part.modules() if isinstance(m, torch.nn.Linear)]
+
+    def project(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [layer(x) for layer, x in zip(layers, inputs, strict=True)]
+
+    seconds = {}
+    with torch.inference_mode():
+        for batch in (1, rows):
+            inputs = [torch.randn(batch, layer.in_features, dtype=layer.weight.dtype) for layer in layers]
+            seconds[batch] = timed(lambda inputs=inputs: project(inputs), repeat)
+    return {"rows": rows, "us_one_row": round(seconds[1] * 1e6, 1), "us_all_rows": round(seconds[rows] * 1e6, 1),
+            "bound": round(rows * seconds[1] / seconds[rows], 2)}
+
+
 def read_bandwidth_by_size(sizes_mb: tuple[float, ...] = (4, 8, 12, 16, 24, 32, 128)) -> dict[str, float]:
     """Read bandwidth (a sum) over arrays of each size, GB/s: where it falls is the cache the cores
     really get. A core iteration whose weights exceed it streams them from memory every iteration."""

@@ -8,7 +8,9 @@ level bounded in requests and time). Reported per N: aggregate tokens/s, time to
 inter-chunk latency (p50, p99), errors, requests lost (a stream that ended without its final chunk),
 answers that differ from offline `latentloop.generate`, and the ratio to sequential offline
 `generate` on the same requests (measured here, once per model). The machine's load average is
-recorded beside each figure: on a shared machine, other work moves them.
+recorded beside each figure: on a shared machine, other work moves them. `projections_batching_bound`:
+how much cheaper per row one core iteration's projections get at 16 rows than at one, measured in the
+same run (`decode.projection_batching_bound`), what batching can give where they dominate.
 
     python benchmarks/serve.py            # N = 1, 8, 16, 32, 64; 256 requests at 32 and 64 streams
     python benchmarks/serve.py --quick    # N = 1, 16, 64 on 64 requests of up to 8 tokens
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from decode import projection_batching_bound
 
 from latentloop import ModelConfig, RecurrentDepthLM, generate, load_model
 from latentloop.tokenizer import load_tokenizer
@@ -188,7 +191,8 @@ def bench_model(name: str, model_dir: str, args, levels: list[tuple[int, int]], 
     requests = workload(max(count for _, count in levels), args.max_tokens)
     expected, offline_rate = offline(model_dir, requests)
     report = {"offline_sequential_tokens_per_second": round(offline_rate, 1),
-              "offline_load_average_1min": round(os.getloadavg()[0], 2)}
+              "offline_load_average_1min": round(os.getloadavg()[0], 2),
+              "projections_batching_bound": projection_batching_bound(load_model(model_dir), 16)}
     server = Server(model_dir, args.max_batch, args.threads, log_dir / f"{name}.log")
     try:
         for streams, count in levels:

@@ -86,13 +86,19 @@ def warm_up(model, specs: list[dict], rows: int, compile: bool) -> float:
     """Compile (or just touch) every graph the engine will meet: a short run of the workload's shape, its
     rows at depths 1..rows so that compaction meets every number of rows still thinking (a batch of 1,
     the first size and the graph dynamic in the batch size), half of them watched by an exit that never
-    fires (the decode at each of those sizes too)."""
+    fires (the decode at each of those sizes too); narrow prompts, one and two to a forward at two lengths
+    (they run graphs of their own, dynamic in the length; wide ones run eagerly: `compiled.EAGER_TOKENS`);
+    then one request at a time, a prompt of 8 tokens and the longest one."""
     started = time.perf_counter()
     short = [dict(s, max_new_tokens=2, num_steps=1 + i % rows, exit="kl:1e-30" if i % 2 else None)
              for i, s in enumerate(specs[: rows + 1])]
     for compaction in (True, False):
         run_engine(model, short, rows, compile, compaction)
-    run_sequential(model, short[:1], compile)
+    longest = max(specs, key=lambda s: len(s["prompt"]))["prompt"]
+    for rows_at_once in (1, 2):  # a narrow prompt forward (one or two rows), at two lengths: dynamic in them
+        for length in (8, 12):
+            run_engine(model, [dict(short[0], prompt=longest[:length])] * rows_at_once, rows, compile)
+    run_sequential(model, [dict(short[0], prompt=prompt) for prompt in (longest[:8], longest)], compile)
     return time.perf_counter() - started
 
 

@@ -8,7 +8,8 @@ reaches the graphs as `cache.Slots`, tensors only and dynamic in its rows and th
 graph serves every token, iteration and row set without recompiling. The pieces have the model's own
 signatures (`embed`, `core_step`, `recur`, `decode`), so `engine.Engine` calls either; at a fixed depth
 one graph runs `iterations_per_call` iterations (a call costs ~0.1-0.15 ms outside its kernels). Prompts
-and speculative drafts (many tokens per row) go through graphs of their own, dynamic in their length.
+and speculative drafts (many tokens per row) go through graphs of their own, dynamic in their length,
+up to `EAGER_TOKENS` new tokens a forward; wider ones run eagerly, where MKL's GEMMs win.
 
 At batch 1 on CPU, every projection is a matrix-vector product, bound by how fast the weights stream
 in; with a few rows (speculative verification) it is a tiny GEMM, which MKL runs far below the cores'
@@ -47,6 +48,11 @@ FROZEN_OPTIONS = OPTIONS | {"freezing": True, "max_autotune_gemm": True, "max_au
 FROZEN_COPIES = 8  # packed copies of the weights that frozen graphs may hold (one per graph kind), within half the RAM
 MAX_GRAPHS = 1024  # graphs per piece (dynamo's default limit of 8 would fall back to eager silently)
 ITERATIONS_PER_CALL = 4  # core iterations per graph with weights as inputs (1 -> 4: ~15 % faster at hidden 256)
+# A forward of at least this many new tokens (rows x tokens: prompts, wide verifications) runs eagerly when the
+# graphs are frozen: MKL's GEMMs then beat the frozen graphs' own (one thread, depth 32: 16 prompts of 40 tokens
+# 1.31x, one of 40 1.14x at hidden 256 and 1.16x at hidden 1024), while below it the graphs win (one of 24 tokens:
+# compiled 1.18x; one of 4: 2.6x).
+EAGER_TOKENS = 32
 _BUILT: weakref.WeakKeyDictionary[RecurrentDepthLM, CompiledSteps] = weakref.WeakKeyDictionary()
 
 
@@ -183,7 +189,10 @@ class CompiledSteps:
         through dynamo's guards, which compile a graph for it (whole: fullgraph, and never refused for
         having too many) or pick one compiled earlier, maybe for another model of its shapes.
         Later calls of a kind already seen are what those guards passed, so they skip evaluating all
-        but the guards that tell the graphs apart (~130 us less a call)."""
+        but the guards that tell the graphs apart (~130 us less a call). Wide forwards (`EAGER_TOKENS`) run
+        the model's own eager pieces instead."""
+        if self.frozen and inputs[0].shape[1] > 1 and inputs[0].shape[0] * inputs[0].shape[1] >= EAGER_TOKENS:
+            return self._eager(part, ctx, steps, *inputs)
         slots = [self._slots(ctx, part, step) for step in steps]
         # A token picked from the verifier's row is a view (the row's stride, an offset); such views once
         # tripped the skip-guard stance (test_compiled, bundled model): a fresh copy is like every token.
@@ -203,6 +212,18 @@ class CompiledSteps:
             out = graph(*args)
         self._known.add(kind)
         return out
+
+    def _eager(self, part: str, ctx: Context, steps: range, *inputs: Tensor) -> Any:
+        """What a graph of `part` computes, by the model's eager pieces."""
+        model = self._model()
+        if part == "prelude":
+            return model.embed(inputs[0], ctx)
+        if part == "coda":
+            return model.decode(inputs[0], ctx)
+        x, e = inputs
+        for step in steps:
+            x = model.core_step(x, e, ctx, step)
+        return x
 
     @contextlib.contextmanager
     def _tracing(self) -> Iterator[None]:

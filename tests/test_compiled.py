@@ -43,6 +43,33 @@ def test_compiled_steps_equal_eager_steps_for_rows_of_different_lengths(models, 
     torch.testing.assert_close(logits["compiled"], logits["eager"], atol=1e-4, rtol=1e-4)
 
 
+@FROZEN
+def test_wide_prompts_run_eagerly_and_narrow_ones_through_the_prompt_graphs(models, monkeypatch):
+    """A compiled forward of EAGER_TOKENS new tokens or more (rows x tokens) runs the model's eager pieces,
+    bit-equal to eager decoding; a narrower one goes through the prompt graphs."""
+    eager, model = models
+    steps = compiled.compiled_steps(model)
+    assert steps.frozen
+    called: list[str] = []
+
+    def spy(part, graph):
+        return lambda *args: called.append(part) or graph(*args)
+
+    monkeypatch.setattr(steps, "_many", {part: spy(part, graph) for part, graph in steps._many.items()})
+    wide = torch.randint(0, 256, (2, compiled.EAGER_TOKENS // 2), generator=torch.Generator().manual_seed(1))
+    for ids, through_graphs in ((wide, False), (wide[:1, :5], True)):
+        called.clear()
+        logits = {}
+        for name, m, compile in (("eager", eager, False), ("compiled", model, True)):
+            engine = Engine(m, KVCache(m.config, 2, ids.shape[1] + 1, 3), init_scale=0.0, compile=compile)
+            logits[name] = engine.forward(ids, 3).logits
+        assert sorted(set(called)) == (["coda", "core", "prelude"] if through_graphs else [])
+        if through_graphs:
+            torch.testing.assert_close(logits["compiled"], logits["eager"], atol=1e-4, rtol=1e-4)
+        else:
+            assert torch.equal(logits["compiled"], logits["eager"])
+
+
 @pytest.fixture(scope="module")
 def unfrozen(conformance_dir):
     """A third load of the conformance checkpoint, compiled with its weights as graph inputs."""

@@ -74,9 +74,9 @@ def workload(count: int, max_tokens: int, seed: int = 0) -> list[dict]:
              "exit": "kl:5e-4" if i % 2 else None} for i in range(count)]
 
 
-def offline(model_dir: str, requests: list[dict]) -> tuple[list[str], float]:
+def offline(model: RecurrentDepthLM, model_dir: str, requests: list[dict]) -> tuple[list[str], float]:
     """Each request through `generate`, one after another: the answers and the tokens/s."""
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     texts, tokens, started = [], 0, time.perf_counter()
     for r in requests:
         result = generate(model, r["prompt"], tokenizer, num_steps=r["num_steps"], exit=r["exit"],
@@ -189,10 +189,11 @@ def summary(results: list[dict | None], expected: list[str], wall: float, offlin
 
 def bench_model(name: str, model_dir: str, args, levels: list[tuple[int, int]], log_dir: Path) -> dict:
     requests = workload(max(count for _, count in levels), args.max_tokens)
-    expected, offline_rate = offline(model_dir, requests)
+    model = load_model(model_dir)
+    expected, offline_rate = offline(model, model_dir, requests)
     report = {"offline_sequential_tokens_per_second": round(offline_rate, 1),
               "offline_load_average_1min": round(os.getloadavg()[0], 2),
-              "projections_batching_bound": projection_batching_bound(load_model(model_dir), 16)}
+              "projections_batching_bound": projection_batching_bound(model, 16)}
     server = Server(model_dir, args.max_batch, args.threads, log_dir / f"{name}.log")
     try:
         for streams, count in levels:

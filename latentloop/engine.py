@@ -172,9 +172,10 @@ class Engine:
             if not active:
                 break
             x = self._core_step(run, x, e, ctx, step, active)
-            if watch is not None and len(live := [i for i in watching if not done[i]]) < len(watching):
-                watch.keep([n for n, i in enumerate(watching) if not done[i]])
-                watching = live
+            kept = [n for n, i in enumerate(watching) if not done[i]]  # empty while nothing is watched
+            if len(kept) < len(watching):
+                watch.keep(kept)
+                watching = [watching[n] for n in kept]
             for i in self._converged(run, x, ctx, watch, watching, criteria, [step + 1] * batch)[0]:
                 done[i], iterations[i] = True, step + 1
             for i in active:

@@ -128,10 +128,14 @@ def start_states(criteria: list[ExitCriterion | None], x0: Tensor, vocab_size: i
     states: list[State | None] = [None] * len(criteria)
     for kind, members in _by_kind(criteria).items():
         index = torch.tensor(members, device=x0.device)
-        state = kind.start(x0.index_select(0, index), vocab_size)
-        for n, i in enumerate(members):
-            states[i] = tuple(t[n : n + 1] for t in state)
+        _unstack(kind.start(x0.index_select(0, index), vocab_size), members, states)
     return states
+
+
+def _unstack(state: State, members: list[int], rows: list[State | None]) -> None:
+    """Row n of the stacked `state` becomes rows[members[n]], a state of its own."""
+    for n, i in enumerate(members):
+        rows[i] = tuple(t[n : n + 1] for t in state)
 
 
 def _by_kind(criteria: list[ExitCriterion | None]) -> dict[type[ExitCriterion], list[int]]:
@@ -197,8 +201,7 @@ class Watch:
         """Each row's state, to carry it to a later `Watch` (a row pondering across decode steps)."""
         rows: list[State | None] = [None] * self.size
         for members, _, state in self.kinds.values():
-            for n, i in enumerate(members):
-                rows[i] = tuple(t[n : n + 1] for t in state)
+            _unstack(state, members, rows)
         return rows
 
 
